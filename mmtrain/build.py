@@ -1,0 +1,100 @@
+"""Config -> objects. The only place where sizes are wired between parts.
+
+Order (ARCHITECTURE.md, data flow step 2): the data module first; then each encoder (reporting
+``out_dim``); the fusion with ``in_dims``; each head with ``in_dim = fusion.out_dim`` and what the
+data knows; the loss weighting with the task names. A constructor argument named like a data
+fact (``vocab_size``, ``pad_id``, ``n_mels``, ``num_classes``, ``class_names``) and not set in
+YAML is filled from the data.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import get_object
+from omegaconf import DictConfig
+
+from mmtrain.data.datamodule import MultimodalDataModule
+from mmtrain.errors import MMTrainError
+from mmtrain.module import MultimodalModule
+from mmtrain.utils.instantiate import safe_instantiate
+
+
+def _allowed(cfg: DictConfig) -> list[str]:
+    return list(cfg.get("allowed_targets") or [])
+
+
+def _wired(node: DictConfig, facts: dict[str, Any]) -> dict[str, Any]:
+    """The facts that ``node``'s constructor takes and YAML leaves unset."""
+    params = inspect.signature(get_object(node._target_)).parameters
+    return {k: v for k, v in facts.items() if k in params and k not in node}
+
+
+def build_datamodule(cfg: DictConfig) -> MultimodalDataModule:
+    """The data module, loading the modalities with an encoder and the targets with a head."""
+    return safe_instantiate(
+        cfg.data,
+        "data",
+        _allowed(cfg),
+        modalities=list(cfg.get("encoder") or {}),
+        tasks=list(cfg.get("head") or {}),
+    )
+
+
+def head_facts(facts: dict[str, Any], task: str) -> dict[str, Any]:
+    """Data facts for the head of ``task``: global facts plus its classes, if it has any."""
+    out = {k: v for k, v in facts.items() if k != "class_names"}
+    names = facts.get("class_names", {}).get(task)
+    if names is not None:
+        out.update(class_names=list(names), num_classes=len(names))
+    return out
+
+
+def build_module(cfg: DictConfig, facts: dict[str, Any], config_yaml: str | None = None
+                 ) -> MultimodalModule:
+    """Encoders -> fusion -> heads -> loss weighting, wired from ``facts`` (data module).
+
+    Raises:
+        MMTrainError: if the config has no encoder or no head, or a part rejects its arguments.
+    """
+    extra = _allowed(cfg)
+    if not cfg.get("encoder"):
+        raise MMTrainError("no encoder configured: add one, e.g. encoder/image=cnn")
+    if not cfg.get("head"):
+        raise MMTrainError("no head configured: add one, e.g. head/label=classification")
+    encoders = {
+        m: safe_instantiate(node, f"encoder.{m}", extra, **_wired(node, facts))
+        for m, node in cfg.encoder.items()
+    }
+    in_dims = {m: int(e.out_dim) for m, e in encoders.items()}
+    fusion = safe_instantiate(cfg.fusion, "fusion", extra, in_dims=in_dims)
+    heads = {}
+    for task, node in cfg.head.items():
+        wired = _wired(node, head_facts(facts, task))
+        heads[task] = safe_instantiate(node, f"head.{task}", extra, in_dim=int(fusion.out_dim),
+                                       **wired)
+    weighting = safe_instantiate(cfg.loss_weighting, "loss_weighting", extra, names=list(heads))
+    optimizer = safe_instantiate(cfg.optimizer, "optimizer", extra)
+    scheduler = (
+        safe_instantiate(cfg.scheduler, "scheduler", extra) if cfg.get("scheduler") else None
+    )
+    return MultimodalModule(encoders, fusion, heads, weighting, optimizer, scheduler, config_yaml)
+
+
+def build_trainer(cfg: DictConfig) -> pl.Trainer:
+    """The Lightning Trainer with the configured callbacks and loggers."""
+    extra = _allowed(cfg)
+    callbacks = [
+        safe_instantiate(node, f"callbacks.{name}", extra)
+        for name, node in (cfg.get("callbacks") or {}).items()
+        if node is not None and "_target_" in node
+    ]
+    loggers = [
+        safe_instantiate(node, f"logger.{name}", extra)
+        for name, node in (cfg.get("logger") or {}).items()
+        if node is not None and "_target_" in node
+    ]
+    return safe_instantiate(cfg.trainer, "trainer", extra, callbacks=callbacks,
+                            logger=loggers or False)

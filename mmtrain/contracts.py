@@ -1,0 +1,91 @@
+"""The data types and protocols shared by encoders, fusions, heads and loss weightings.
+
+See ARCHITECTURE.md, "The parts and their contracts". Masks are ``True`` where a position holds
+real data and ``False`` where it is padding.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+# A batch is a flat dict keyed by modality (image, text, text_mask, audio, audio_mask), by task
+# (label, caption, caption_mask, ...) and "id" (a list of sample ids).
+Batch = dict[str, Any]
+
+MODALITIES = ("image", "text", "audio")
+
+
+class Features(NamedTuple):
+    """Token features of one modality, or of the fused modalities.
+
+    Attributes:
+        tokens: ``(B, N, D)`` float tensor; pooled-only encoders return ``N == 1``.
+        mask: ``(B, N)`` bool tensor, ``True`` for real tokens, or ``None`` when all are real.
+    """
+
+    tokens: Tensor
+    mask: Tensor | None = None
+
+    def pooled(self) -> Tensor:
+        """Masked mean over the token axis: ``(B, N, D) -> (B, D)``.
+
+        A sample whose tokens are all masked pools to zeros rather than NaN.
+        """
+        if self.mask is None:
+            return self.tokens.mean(dim=1)
+        weights = self.mask.to(self.tokens.dtype).unsqueeze(-1)  # (B, N, 1)
+        total = (self.tokens * weights).sum(dim=1)
+        return total / weights.sum(dim=1).clamp_min(1.0)
+
+    def present(self) -> Tensor:
+        """``(B,)`` bool: which samples have at least one real token."""
+        if self.mask is None:
+            return torch.ones(self.tokens.shape[0], dtype=torch.bool, device=self.tokens.device)
+        return self.mask.any(dim=1)
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """Maps one modality's batch tensor (and its mask) to :class:`Features`."""
+
+    out_dim: int
+
+    def __call__(self, x: Tensor, mask: Tensor | None = None) -> Features: ...
+
+
+@runtime_checkable
+class Fusion(Protocol):
+    """Maps ``{modality: Features}`` to one :class:`Features`; absent modalities are allowed."""
+
+    out_dim: int
+
+    def __call__(self, features: dict[str, Features]) -> Features: ...
+
+
+@runtime_checkable
+class Head(Protocol):
+    """Turns fused features into task outputs, computes its loss and metrics, decodes outputs."""
+
+    def __call__(
+        self, features: Features, target: Tensor | None = None, target_mask: Tensor | None = None
+    ) -> Tensor: ...
+
+    def loss(self, outputs: Tensor, target: Tensor, target_mask: Tensor | None = None) -> Tensor: ...
+
+    def make_metrics(self) -> Any: ...
+
+    def update_metrics(
+        self, metrics: Any, outputs: Tensor, target: Tensor, target_mask: Tensor | None = None
+    ) -> None: ...
+
+    def decode(self, outputs: Tensor) -> list[Any]: ...
+
+
+@runtime_checkable
+class LossWeighting(Protocol):
+    """Combines per-task losses into one total; returns the weights it used for logging."""
+
+    def __call__(self, losses: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]: ...

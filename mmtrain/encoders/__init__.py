@@ -1,0 +1,1 @@
+"""Encoders: one modality's batch tensor -> :class:`mmtrain.contracts.Features`."""

@@ -1,0 +1,1 @@
+"""Fusions: ``{modality: Features}`` -> one :class:`mmtrain.contracts.Features`."""

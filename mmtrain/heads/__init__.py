@@ -1,0 +1,1 @@
+"""Task heads: fused Features -> outputs, loss, metrics and decoded predictions."""

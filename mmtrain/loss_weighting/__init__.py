@@ -1,0 +1,1 @@
+"""Loss weightings: ``{task: loss}`` -> (total loss, ``{task: weight}``)."""

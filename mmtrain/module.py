@@ -1,0 +1,139 @@
+"""MultimodalModule: encoders -> fusion -> heads -> loss weighting, as one LightningModule."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from mmtrain.contracts import Batch, Features
+
+CHECKPOINT_KEY = "mmtrain"  # checkpoint[CHECKPOINT_KEY] = {"config": yaml, "data": state}
+
+
+class MultimodalModule(pl.LightningModule):
+    """Trains every head whose target is in the batch on the fused features of all encoders.
+
+    Args:
+        encoders: ``{modality: encoder}``.
+        fusion: maps ``{modality: Features}`` to fused Features.
+        heads: ``{task: head}``; the batch carries a task's target under the task's name.
+        loss_weighting: combines ``{task: loss}`` into the total.
+        optimizer: ``optimizer(params) -> torch.optim.Optimizer`` (a Hydra partial).
+        scheduler: ``scheduler(optimizer) -> LRScheduler`` or None; stepped every step. A
+            ``T_max`` or ``total_steps`` argument it leaves open is set to the run's steps.
+        config_yaml: the composed config, saved in every checkpoint.
+    """
+
+    def __init__(
+        self,
+        encoders: dict[str, nn.Module],
+        fusion: nn.Module,
+        heads: dict[str, nn.Module],
+        loss_weighting: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        config_yaml: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.encoders = nn.ModuleDict(encoders)
+        self.fusion = fusion
+        self.heads = nn.ModuleDict(heads)
+        self.loss_weighting = loss_weighting
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.config_yaml = config_yaml
+        # One metric collection per (split, task); "/" is not allowed in module names.
+        self.metrics = nn.ModuleDict(
+            {f"{split}_{task}": head.make_metrics().clone(prefix=f"{split}/{task}/")
+             for split in ("val", "test") for task, head in heads.items()}
+        )
+        self.predictions: list[dict[str, Any]] = []
+
+    def forward(self, batch: Batch) -> Features:
+        """Encode the modalities present in ``batch`` and fuse them."""
+        features = {
+            m: enc(batch[m], batch.get(f"{m}_mask"))
+            for m, enc in self.encoders.items()
+            if m in batch
+        }
+        return self.fusion(features)
+
+    def _step(self, batch: Batch, split: str) -> tuple[Tensor, dict[str, Tensor]]:
+        fused = self(batch)
+        batch_size = len(batch["id"])
+        losses: dict[str, Tensor] = {}
+        outputs: dict[str, Tensor] = {}
+        for task, head in self.heads.items():
+            if task not in batch:  # this batch carries no target for the task
+                continue
+            target, target_mask = batch[task], batch.get(f"{task}_mask")
+            outputs[task] = head(fused, target, target_mask)
+            losses[task] = head.loss(outputs[task], target, target_mask)
+            if split != "train":
+                head.update_metrics(self.metrics[f"{split}_{task}"], outputs[task], target,
+                                    target_mask)
+                self.log_dict(self.metrics[f"{split}_{task}"], on_epoch=True,
+                              batch_size=batch_size)
+        total, weights = self.loss_weighting(losses)
+        # Training losses are logged per step, evaluation losses as epoch means.
+        on_step = split == "train"
+        for task, loss in losses.items():
+            self.log(f"{split}/loss/{task}", loss, on_step=on_step, on_epoch=not on_step,
+                     batch_size=batch_size)
+            if split == "train":
+                self.log(f"train/weight/{task}", weights[task], on_step=True, on_epoch=False,
+                         batch_size=batch_size)
+        self.log(f"{split}/loss", total, on_step=on_step, on_epoch=not on_step, prog_bar=True,
+                 batch_size=batch_size)
+        return total, outputs
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        return self._step(batch, "train")[0]
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        _, outputs = self._step(batch, "test")
+        self.predictions.extend(self._decode(batch, outputs))
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
+        fused = self(batch)
+        outputs = {task: head(fused) for task, head in self.heads.items()}
+        return self._decode(batch, outputs)
+
+    def _decode(self, batch: Batch, outputs: dict[str, Tensor]) -> list[dict[str, Any]]:
+        rows = [{"id": sample_id} for sample_id in batch["id"]]
+        for task, out in outputs.items():
+            for row, pred in zip(rows, self.heads[task].decode(out)):
+                row[task] = pred
+        return rows
+
+    def on_test_epoch_start(self) -> None:
+        self.predictions = []
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        kwargs = {}
+        bound = getattr(self.scheduler_factory, "keywords", {})
+        params = inspect.signature(getattr(self.scheduler_factory, "func", self.scheduler_factory))
+        for name in ("T_max", "total_steps"):
+            if name in params.parameters and name not in bound:
+                kwargs[name] = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer, **kwargs)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the config and the data state as plain types (loadable with weights_only)."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        checkpoint[CHECKPOINT_KEY] = {
+            "config": self.config_yaml,
+            "data": datamodule.state_dict() if datamodule is not None else {},
+        }

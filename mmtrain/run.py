@@ -1,0 +1,167 @@
+"""run(stage, cfg): check -> seed -> build -> trainer.<stage>() -> write outputs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from mmtrain.build import build_datamodule, build_module, build_trainer
+from mmtrain.errors import MMTrainError
+from mmtrain.module import CHECKPOINT_KEY
+from mmtrain.utils.config_check import check_config
+
+log = logging.getLogger(__name__)
+
+STAGES = ("fit", "validate", "test", "predict")
+# What a checkpoint defines: the model and the data it was trained on (vocabulary, classes).
+MODEL_KEYS = ("data", "encoder", "fusion", "head", "loss_weighting", "optimizer", "scheduler")
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``) and check it is one of ours.
+
+    Raises:
+        MMTrainError: if the file is missing, unreadable, or carries no mmtrain config.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MMTrainError(f"ckpt_path: checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt zip, foreign pickle: never unpickle arbitrary objects
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise MMTrainError(f"ckpt_path: cannot load checkpoint {path}: {first_line}") from None
+    if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:
+        raise MMTrainError(f"ckpt_path: {path} is not an mmtrain checkpoint (no stored config)")
+    return ckpt
+
+
+def _user_overrides() -> list[Any]:
+    if not HydraConfig.initialized():
+        return []
+    return OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task))
+
+
+def config_from_checkpoint(stored_yaml: str, cfg: DictConfig) -> DictConfig:
+    """The model and data config of a checkpoint, with the rest and the user's overrides of now.
+
+    The stored config provides ``MODEL_KEYS``; trainer, paths, loggers and the like come from
+    the current composition; a key the user overrode on this command line (``data.batch_size=8``,
+    ``data=manifest``) is taken from the current composition too.
+    """
+    stored = OmegaConf.create(stored_yaml)
+    merged = cfg.copy()
+    with open_dict(merged):
+        for key in MODEL_KEYS:
+            if key in stored:
+                merged[key] = stored[key]
+            elif key in merged:
+                del merged[key]
+        for override in _user_overrides():
+            key = override.key_or_group.replace("/", ".")
+            if key.split(".")[0] in MODEL_KEYS and not override.is_delete():
+                OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False)
+    return merged
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def _write_predictions(out_dir: Path, split: str, rows: list[dict[str, Any]]) -> list[Path]:
+    """One JSON Lines file per task: ``predictions/<task>_<split>.jsonl``."""
+    written = []
+    tasks = [k for k in (rows[0] if rows else {}) if k != "id"]
+    for task in tasks:
+        path = out_dir / "predictions" / f"{task}_{split}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w") as f:
+            f.writelines(json.dumps({"id": r["id"], "prediction": r[task]}) + "\n" for r in rows)
+        written.append(path)
+    return written
+
+
+def _metrics(trainer: pl.Trainer, prefixes: tuple[str, ...]) -> dict[str, float]:
+    return {
+        k: float(v)
+        for k, v in sorted(trainer.callback_metrics.items())
+        if k.startswith(prefixes) and math.isfinite(float(v))
+    }
+
+
+def run(stage: str, cfg: DictConfig) -> dict[str, float]:
+    """Run one stage and write its outputs into ``paths.output_dir``.
+
+    Args:
+        stage: ``fit``, ``validate``, ``test`` or ``predict``.
+        cfg: the composed config.
+
+    Returns:
+        The final metrics of the stage (also written to ``metrics.json``).
+
+    Raises:
+        MMTrainError: for a bad config or checkpoint.
+    """
+    if stage not in STAGES:
+        raise MMTrainError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+    ckpt_path = cfg.get("ckpt_path")
+    ckpt = load_checkpoint(ckpt_path) if ckpt_path else None
+    if stage != "fit" and ckpt is None:
+        raise MMTrainError(f"mmtrain {stage} needs ckpt_path=<file> (a checkpoint of mmtrain fit)")
+    config_yaml = OmegaConf.to_yaml(cfg)
+    if ckpt is not None and stage != "fit":
+        cfg = config_from_checkpoint(ckpt[CHECKPOINT_KEY]["config"], cfg)
+        config_yaml = OmegaConf.to_yaml(cfg)
+    check_config(cfg, list(cfg.get("allowed_targets") or []))
+
+    pl.seed_everything(cfg.get("seed", 0), workers=True)
+    out_dir = Path(cfg.paths.output_dir)
+    datamodule = build_datamodule(cfg)
+    if ckpt is not None:
+        datamodule.load_state_dict(ckpt[CHECKPOINT_KEY].get("data") or {})
+    datamodule.prepare_data()
+    datamodule.setup(stage)
+    model = build_module(cfg, datamodule.facts(), config_yaml)
+    if ckpt is not None and stage != "fit":
+        try:
+            model.load_state_dict(ckpt["state_dict"])
+        except RuntimeError as err:
+            raise MMTrainError(
+                f"ckpt_path: {ckpt_path} does not fit the configured model: "
+                f"{str(err).splitlines()[0]}"
+            ) from None
+    trainer = build_trainer(cfg)
+
+    if stage == "fit":
+        trainer.fit(model, datamodule, ckpt_path=ckpt_path, weights_only=True)
+        metrics = _metrics(trainer, ("val/", "train/"))
+    elif stage == "validate":
+        trainer.validate(model, datamodule)
+        metrics = _metrics(trainer, ("val/",))
+    elif stage == "test":
+        trainer.test(model, datamodule)
+        metrics = _metrics(trainer, ("test/",))
+    else:
+        batches = trainer.predict(model, datamodule) or []
+        metrics = {}
+    if trainer.is_global_zero:
+        _write_json(out_dir / "metrics.json", metrics)
+        if stage == "test":
+            _write_predictions(out_dir, "test", model.predictions)
+        elif stage == "predict":
+            rows = [row for batch in batches for row in batch]
+            _write_predictions(out_dir, datamodule.predict_split, rows)
+        print(f"run directory: {out_dir.resolve()}", flush=True)
+    return metrics

@@ -1,0 +1,1 @@
+"""Helpers: safe instantiation (allow-list), config checks."""
