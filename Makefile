@@ -1,0 +1,44 @@
+# Two commands do all the set-up on a fresh machine: `make fit` and `make test`.
+# Both create .venv once (reused afterwards) and install the project from pyproject.toml.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+ARGS ?=
+
+.PHONY: install install-dev fit test test-slow lint format clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed            ## the package and its runtime dependencies
+
+install-dev: $(VENV)/.installed-dev    ## plus pytest and ruff
+
+fit: install                           ## train the default experiment (make fit ARGS="trainer.max_epochs=3")
+	$(BIN)/mmtrain fit $(ARGS)
+
+test: install-dev                      ## the test suite without the slow tests (< 15 min on 2 cores)
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+test-slow: install-dev                 ## only the slow tests
+	$(BIN)/python -m pytest -m slow $(ARGS)
+
+lint: install-dev                      ## ruff lint and format check
+	$(BIN)/ruff check mmtrain tests scripts
+	$(BIN)/ruff format --check mmtrain tests scripts
+
+format: install-dev
+	$(BIN)/ruff check --fix mmtrain tests scripts
+	$(BIN)/ruff format mmtrain tests scripts
+
+clean:
+	rm -rf $(VENV) outputs build dist .pytest_cache .ruff_cache
