@@ -52,8 +52,9 @@ def head_facts(facts: dict[str, Any], task: str) -> dict[str, Any]:
     return out
 
 
-def build_module(cfg: DictConfig, facts: dict[str, Any], config_yaml: str | None = None
-                 ) -> MultimodalModule:
+def build_module(
+    cfg: DictConfig, facts: dict[str, Any], config_yaml: str | None = None
+) -> MultimodalModule:
     """Encoders -> fusion -> heads -> loss weighting, wired from ``facts`` (data module).
 
     Raises:
@@ -73,8 +74,9 @@ def build_module(cfg: DictConfig, facts: dict[str, Any], config_yaml: str | None
     heads = {}
     for task, node in cfg.head.items():
         wired = _wired(node, head_facts(facts, task))
-        heads[task] = safe_instantiate(node, f"head.{task}", extra, in_dim=int(fusion.out_dim),
-                                       **wired)
+        heads[task] = safe_instantiate(
+            node, f"head.{task}", extra, in_dim=int(fusion.out_dim), **wired
+        )
     weighting = safe_instantiate(cfg.loss_weighting, "loss_weighting", extra, names=list(heads))
     optimizer = safe_instantiate(cfg.optimizer, "optimizer", extra)
     scheduler = (
@@ -96,5 +98,6 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
         for name, node in (cfg.get("logger") or {}).items()
         if node is not None and "_target_" in node
     ]
-    return safe_instantiate(cfg.trainer, "trainer", extra, callbacks=callbacks,
-                            logger=loggers or False)
+    return safe_instantiate(
+        cfg.trainer, "trainer", extra, callbacks=callbacks, logger=loggers or False
+    )

@@ -74,8 +74,12 @@ def suggest_keys(stage: str, overrides: list[str]) -> list[str]:
             base = None
             for candidate in (overrides, groups, []):  # the richest config that composes
                 try:
-                    base = compose(stage, overrides=[o for o in candidate if "=" in o
-                                                      and not o.startswith(("+", "~"))])
+                    base = compose(
+                        stage,
+                        overrides=[
+                            o for o in candidate if "=" in o and not o.startswith(("+", "~"))
+                        ],
+                    )
                     break
                 except Exception:
                     continue
@@ -105,8 +109,10 @@ def main(argv: list[str] | None = None) -> Any:
     if stage not in STAGES:
         close = difflib.get_close_matches(stage, STAGES, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        print(f"mmtrain: unknown stage {stage!r}{hint} (choose from {', '.join(STAGES)})",
-              file=sys.stderr)
+        print(
+            f"mmtrain: unknown stage {stage!r}{hint} (choose from {', '.join(STAGES)})",
+            file=sys.stderr,
+        )
         sys.exit(2)
 
     import hydra

@@ -49,8 +49,11 @@ class MultimodalModule(pl.LightningModule):
         self.config_yaml = config_yaml
         # One metric collection per (split, task); "/" is not allowed in module names.
         self.metrics = nn.ModuleDict(
-            {f"{split}_{task}": head.make_metrics().clone(prefix=f"{split}/{task}/")
-             for split in ("val", "test") for task, head in heads.items()}
+            {
+                f"{split}_{task}": head.make_metrics().clone(prefix=f"{split}/{task}/")
+                for split in ("val", "test")
+                for task, head in heads.items()
+            }
         )
         self.predictions: list[dict[str, Any]] = []
 
@@ -75,21 +78,37 @@ class MultimodalModule(pl.LightningModule):
             outputs[task] = head(fused, target, target_mask)
             losses[task] = head.loss(outputs[task], target, target_mask)
             if split != "train":
-                head.update_metrics(self.metrics[f"{split}_{task}"], outputs[task], target,
-                                    target_mask)
-                self.log_dict(self.metrics[f"{split}_{task}"], on_epoch=True,
-                              batch_size=batch_size)
+                head.update_metrics(
+                    self.metrics[f"{split}_{task}"], outputs[task], target, target_mask
+                )
+                self.log_dict(self.metrics[f"{split}_{task}"], on_epoch=True, batch_size=batch_size)
         total, weights = self.loss_weighting(losses)
         # Training losses are logged per step, evaluation losses as epoch means.
         on_step = split == "train"
         for task, loss in losses.items():
-            self.log(f"{split}/loss/{task}", loss, on_step=on_step, on_epoch=not on_step,
-                     batch_size=batch_size)
+            self.log(
+                f"{split}/loss/{task}",
+                loss,
+                on_step=on_step,
+                on_epoch=not on_step,
+                batch_size=batch_size,
+            )
             if split == "train":
-                self.log(f"train/weight/{task}", weights[task], on_step=True, on_epoch=False,
-                         batch_size=batch_size)
-        self.log(f"{split}/loss", total, on_step=on_step, on_epoch=not on_step, prog_bar=True,
-                 batch_size=batch_size)
+                self.log(
+                    f"train/weight/{task}",
+                    weights[task],
+                    on_step=True,
+                    on_epoch=False,
+                    batch_size=batch_size,
+                )
+        self.log(
+            f"{split}/loss",
+            total,
+            on_step=on_step,
+            on_epoch=not on_step,
+            prog_bar=True,
+            batch_size=batch_size,
+        )
         return total, outputs
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
@@ -128,7 +147,10 @@ class MultimodalModule(pl.LightningModule):
             if name in params.parameters and name not in bound:
                 kwargs[name] = int(self.trainer.estimated_stepping_batches)
         scheduler = self.scheduler_factory(optimizer, **kwargs)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the config and the data state as plain types (loadable with weights_only)."""

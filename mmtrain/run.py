@@ -158,6 +158,8 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
         metrics = {}
     if trainer.is_global_zero:
         _write_json(out_dir / "metrics.json", metrics)
+        if stage == "fit":  # the vocabulary and class names, readable without torch
+            _write_json(out_dir / "data_state.json", datamodule.state_dict())
         if stage == "test":
             _write_predictions(out_dir, "test", model.predictions)
         elif stage == "predict":

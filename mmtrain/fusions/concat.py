@@ -29,9 +29,7 @@ class ConcatFusion(nn.Module):
         if not in_dims:
             raise ValueError("ConcatFusion needs at least one modality, got in_dims={}")
         self.proj = nn.ModuleDict({m: nn.Linear(d, dim) for m, d in in_dims.items()})
-        self.modality_embed = nn.ParameterDict(
-            {m: nn.Parameter(torch.zeros(dim)) for m in in_dims}
-        )
+        self.modality_embed = nn.ParameterDict({m: nn.Parameter(torch.zeros(dim)) for m in in_dims})
         self.out_dim = dim
 
     def forward(self, features: dict[str, Features]) -> Features:

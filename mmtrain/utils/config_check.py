@@ -102,8 +102,10 @@ def check_node(node: DictConfig, path: str) -> list[str]:
             if not open_kwargs:
                 close = difflib.get_close_matches(key, list(params), n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
-                problems.append(f"{path}.{key}: unknown key for {target_name}{hint} "
-                                f"(valid keys: {', '.join(k for k in params if k != 'self')})")
+                problems.append(
+                    f"{path}.{key}: unknown key for {target_name}{hint} "
+                    f"(valid keys: {', '.join(k for k in params if k != 'self')})"
+                )
             continue
         if OmegaConf.is_missing(node, key):
             continue
@@ -116,7 +118,9 @@ def check_node(node: DictConfig, path: str) -> list[str]:
 
 
 def _type_name(annotation: Any) -> str:
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
 
 
 def check_config(cfg: DictConfig, extra_allowed: Sequence[str] = ()) -> None:

@@ -26,7 +26,13 @@ ALLOWED_PREFIXES = (
     "lightning.",
 )
 # Under an allowed prefix, these load code or pickles and are never instantiated from config.
-DENIED_PREFIXES = ("torch.hub", "torch.load", "torch.jit", "torch.package", "torch.utils.cpp_extension")
+DENIED_PREFIXES = (
+    "torch.hub",
+    "torch.load",
+    "torch.jit",
+    "torch.package",
+    "torch.utils.cpp_extension",
+)
 
 
 def targets(node: Any, path: str = "") -> Iterable[tuple[str, str, DictConfig]]:
@@ -56,8 +62,9 @@ def check_allowed(node: Any, path: str = "", extra: Iterable[str] = ()) -> None:
             )
 
 
-def safe_instantiate(node: DictConfig, path: str, extra_allowed: Iterable[str] = (),
-                     **kwargs: Any) -> Any:
+def safe_instantiate(
+    node: DictConfig, path: str, extra_allowed: Iterable[str] = (), **kwargs: Any
+) -> Any:
     """Check the allow-list, then ``hydra.utils.instantiate`` with plain containers.
 
     Args:

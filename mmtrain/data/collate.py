@@ -1,0 +1,47 @@
+"""Batching items into the flat batch dict of ARCHITECTURE.md, padding sequences with masks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mmtrain.contracts import Batch
+
+
+def _is_sequence(t: Tensor) -> bool:
+    # Token ids (L,) long and features (D, T) float have a variable last axis; everything else
+    # (images, scalar targets, fixed-size masks) is stacked as is.
+    return (t.ndim == 1 and not t.is_floating_point()) or (t.ndim == 2 and t.is_floating_point())
+
+
+def pad_last(tensors: list[Tensor], value: float = 0) -> tuple[Tensor, Tensor]:
+    """Pad tensors along their last axis; returns ``(padded (B, ..., T), mask (B, T) bool)``."""
+    length = max(t.shape[-1] for t in tensors)
+    out = tensors[0].new_full((len(tensors), *tensors[0].shape[:-1], length), value)
+    mask = torch.zeros(len(tensors), length, dtype=torch.bool)
+    for i, t in enumerate(tensors):
+        out[i, ..., : t.shape[-1]] = t
+        mask[i, : t.shape[-1]] = True
+    return out, mask
+
+
+def collate(items: list[dict[str, Any]]) -> Batch:
+    """Collate item dicts: stack fixed-size tensors, pad sequences and add ``<key>_mask``.
+
+    Non-tensor values (ids, raw strings) are kept as lists.
+    """
+    batch: Batch = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        if not isinstance(values[0], Tensor):
+            batch[key] = values
+        elif _is_sequence(values[0]):
+            batch[key], batch[f"{key}_mask"] = pad_last(values)
+        else:
+            shapes = {tuple(v.shape) for v in values}
+            if len(shapes) > 1:
+                raise ValueError(f"cannot stack {key!r}: samples have shapes {sorted(shapes)}")
+            batch[key] = torch.stack(values)
+    return batch
