@@ -98,6 +98,11 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
         for name, node in (cfg.get("logger") or {}).items()
         if node is not None and "_target_" in node
     ]
+    kwargs: dict[str, Any] = {}
+    if "enable_checkpointing" not in cfg.trainer and not any(
+        isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks
+    ):
+        kwargs["enable_checkpointing"] = False  # callbacks=none: no checkpoints at all
     return safe_instantiate(
-        cfg.trainer, "trainer", extra, callbacks=callbacks, logger=loggers or False
+        cfg.trainer, "trainer", extra, callbacks=callbacks, logger=loggers or False, **kwargs
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from mmtrain.module import CHECKPOINT_KEY
 from mmtrain.utils.config_check import check_config
 
 log = logging.getLogger(__name__)
+# Raised inside Lightning on every run with torch >= 2.10; nothing a user can act on.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 STAGES = ("fit", "validate", "test", "predict")
 # What a checkpoint defines: the model and the data it was trained on (vocabulary, classes).
@@ -134,7 +137,7 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
     datamodule.prepare_data()
     datamodule.setup(stage)
     model = build_module(cfg, datamodule.facts(), config_yaml)
-    if ckpt is not None and stage != "fit":
+    if ckpt is not None:  # resuming too: a clear error before Lightning's traceback
         try:
             model.load_state_dict(ckpt["state_dict"])
         except RuntimeError as err:

@@ -5,25 +5,17 @@ Everything here is deterministic and small: the whole suite runs on 2 CPU cores.
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
-# One intra-op thread, set before torch is first imported. On small 2-core machines the OpenMP
-# pool makes tiny convolutions ~40x slower (0.2 s instead of 5 ms a forward/backward pass);
-# subprocesses started by the tests inherit the setting.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("MKL_NUM_THREADS", "1")
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
 
-from collections.abc import Callable, Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import pytest  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.core.global_hydra import GlobalHydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import DictConfig, open_dict  # noqa: E402
-
-from mmtrain.cli import config_dir  # noqa: E402  (cheap: no torch)
+from mmtrain.cli import config_dir  # cheap: no torch
 
 CONFIG_DIR = config_dir()
 
@@ -96,8 +88,7 @@ def tiny_data(session_dirs: dict[str, Path]) -> Path:
 
 
 # ---- configs ----------------------------------------------------------------------------------
-def compose_cfg(*overrides: str, stage: str = "fit", output_dir: Path | None = None
-                ) -> DictConfig:
+def compose_cfg(*overrides: str, stage: str = "fit", output_dir: Path | None = None) -> DictConfig:
     """Compose a stage's config as ``mmtrain <stage> overrides`` would hand it to ``run``.
 
     ``HydraConfig`` is set so ``${hydra:runtime.output_dir}`` (``paths.output_dir``) resolves to
@@ -177,8 +168,13 @@ MODALITY_SYNTHESIZERS: dict[str, Callable[..., dict[str, Any]]] = {
 TARGET_SYNTHESIZERS: dict[str, Callable[..., dict[str, Any]]] = {"label": _label}
 
 
-def make_batch(modalities: list[str], tasks: list[str], facts: dict[str, Any] | None = None,
-               batch_size: int = 2, seed: int = 0) -> dict[str, Any]:
+def make_batch(
+    modalities: list[str],
+    tasks: list[str],
+    facts: dict[str, Any] | None = None,
+    batch_size: int = 2,
+    seed: int = 0,
+) -> dict[str, Any]:
     """A synthetic batch following the batch contract of ARCHITECTURE.md.
 
     Raises:

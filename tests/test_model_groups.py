@@ -10,7 +10,6 @@ synthetic data facts, and runs a forward and backward pass on a tiny synthetic b
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -121,7 +120,9 @@ def test_model_option_trains_one_step(group, option, compose_config, synth_batch
             assert len(decoded) == batch_size, f"head/{task}: {len(decoded)} predictions"
 
 
-@pytest.mark.parametrize("option", OPTIMIZER_OPTIONS, ids=[f"optimizer={o}" for o in OPTIMIZER_OPTIONS])
+@pytest.mark.parametrize(
+    "option", OPTIMIZER_OPTIONS, ids=[f"optimizer={o}" for o in OPTIMIZER_OPTIONS]
+)
 def test_optimizer_option_steps(option, compose_config, synth_batch, synth_facts):
     torch.manual_seed(0)
     cfg = compose_config(f"optimizer={option}")
@@ -135,8 +136,9 @@ def test_optimizer_option_steps(option, compose_config, synth_batch, synth_facts
     assert changed > 0, f"optimizer={option}: one step changed no parameter"
 
 
-@pytest.mark.parametrize("modality", _default_modalities(),
-                         ids=[f"~encoder/{m}" for m in _default_modalities()])
+@pytest.mark.parametrize(
+    "modality", _default_modalities(), ids=[f"~encoder/{m}" for m in _default_modalities()]
+)
 def test_remove_a_modality(modality, compose_config, synth_batch, synth_facts):
     torch.manual_seed(0)
     cfg = compose_config(f"~encoder/{modality}")
@@ -167,8 +169,10 @@ MISSING = {
     "only_image": lambda b: (_drop(b, "audio"), _drop(b, "text")),
     "audio_fully_masked": lambda b: _mask_all(b, "audio"),
     "text_and_audio_fully_masked": lambda b: (_mask_all(b, "audio"), _mask_all(b, "text")),
-    "sample0_image_only": lambda b: (_mask_all(b, "audio", slice(0, 1)),
-                                     _mask_all(b, "text", slice(0, 1))),
+    "sample0_image_only": lambda b: (
+        _mask_all(b, "audio", slice(0, 1)),
+        _mask_all(b, "text", slice(0, 1)),
+    ),
 }
 
 
@@ -201,7 +205,7 @@ def test_unknown_task_needs_a_synthesizer(synth_batch):
         synth_batch(["video"], ["label"])
 
 
-def test_discovery_follows_the_files(tmp_path: Path) -> None:
+def test_discovery_follows_the_files() -> None:
     """Options are the YAML files themselves: the ids match the config tree one to one."""
     on_disk = sorted(
         f"{p.parent.relative_to(CONFIG_DIR).as_posix()}={p.stem}"
@@ -210,3 +214,12 @@ def test_discovery_follows_the_files(tmp_path: Path) -> None:
     )
     assert sorted(_ids(MODEL_OPTIONS)) == on_disk
     assert "encoder/image=cnn" in on_disk and "fusion=attention" in on_disk
+
+
+def _label_weight(cfg, synth_facts) -> float:
+    return build_module(cfg, synth_facts).loss_weighting.weights["label"]
+
+
+def test_loss_weight_override_with_plus(compose_config, synth_facts):
+    cfg = compose_config("+loss_weighting.weights.label=2.0")
+    assert _label_weight(cfg, synth_facts) == 2.0

@@ -68,16 +68,19 @@ class MultimodalDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         if batch_size <= 0 or num_workers < 0:
-            raise ValueError(f"need batch_size > 0 and num_workers >= 0, got {batch_size}, "
-                             f"{num_workers}")
+            raise ValueError(
+                f"need batch_size > 0 and num_workers >= 0, got {batch_size}, {num_workers}"
+            )
         self.dataset_factory = dataset
         self.transforms = {"image": image, "text": text, "audio": audio}
         self.modalities = list(modalities)
         self.tasks = list(tasks)
         missing = [m for m in self.modalities if self.transforms.get(m) is None]
         if missing:
-            raise ValueError(f"modalities {missing} have an encoder but no data.{missing[0]} "
-                             "preprocessing config")
+            raise ValueError(
+                f"modalities {missing} have an encoder but no data.{missing[0]} "
+                "preprocessing config"
+            )
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
@@ -208,4 +211,3 @@ class MultimodalDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.predict_split)
-

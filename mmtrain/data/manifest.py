@@ -46,8 +46,9 @@ class ManifestDataset(Dataset):
         with self.path.open(newline="", encoding="utf-8") as f:
             if self.path.suffix == ".csv":
                 for line_no, row in enumerate(csv.DictReader(f), start=2):
-                    records.append({k: v for k, v in row.items() if v not in (None, "")}
-                                   | {"_line": line_no})
+                    records.append(
+                        {k: v for k, v in row.items() if v not in (None, "")} | {"_line": line_no}
+                    )
             else:
                 for line_no, line in enumerate(f, start=1):
                     if not line.strip():
@@ -55,7 +56,9 @@ class ManifestDataset(Dataset):
                     try:
                         row = json.loads(line)
                     except json.JSONDecodeError as err:
-                        raise MMTrainError(f"{self.path}:{line_no}: not valid JSON: {err}") from None
+                        raise MMTrainError(
+                            f"{self.path}:{line_no}: not valid JSON: {err}"
+                        ) from None
                     if not isinstance(row, dict):
                         raise MMTrainError(f"{self.path}:{line_no}: expected a JSON object")
                     records.append(row | {"_line": line_no})

@@ -26,6 +26,7 @@ import soundfile as sf
 from PIL import Image, ImageDraw
 
 from mmtrain.data.manifest import ManifestDataset
+from mmtrain.errors import MMTrainError
 
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {"red": (210, 40, 40), "green": (40, 170, 60), "blue": (50, 80, 215)}
@@ -45,7 +46,9 @@ def _draw(rng: np.random.Generator, shape: str, colour: str, size: str, corner: 
     radius = int(rng.integers(8, 11) if size == "small" else rng.integers(13, 16))
     cx = int(rng.integers(radius, half - radius + 1)) + (half if "right" in corner else 0)
     cy = int(rng.integers(radius, half - radius + 1)) + (half if "bottom" in corner else 0)
-    rgb = tuple(int(c) for c in np.clip(np.array(COLOURS[colour]) + rng.integers(-25, 26, 3), 0, 255))
+    rgb = tuple(
+        int(c) for c in np.clip(np.array(COLOURS[colour]) + rng.integers(-25, 26, 3), 0, 255)
+    )
     box = (cx - radius, cy - radius, cx + radius, cy + radius)
     draw = ImageDraw.Draw(img)
     if shape == "circle":
@@ -53,8 +56,9 @@ def _draw(rng: np.random.Generator, shape: str, colour: str, size: str, corner: 
     elif shape == "square":
         draw.rectangle(box, fill=rgb)
     else:
-        draw.polygon([(cx, cy - radius), (cx - radius, cy + radius), (cx + radius, cy + radius)],
-                     fill=rgb)
+        draw.polygon(
+            [(cx, cy - radius), (cx - radius, cy + radius), (cx + radius, cy + radius)], fill=rgb
+        )
     return img
 
 
@@ -104,6 +108,11 @@ def generate_shapes(root: str | Path, sizes: dict[str, int], seed: int = 0) -> P
     stamp_file = root / "shapes.json"
     if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
         return root
+    if root.is_dir() and any(root.iterdir()) and not stamp_file.is_file():
+        raise MMTrainError(
+            f"data.dataset.root: {root} exists and is not a generated shapes data set "
+            "(no shapes.json); choose an empty or new folder"
+        )
     tmp = root.with_name(f"{root.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "images").mkdir(parents=True)
@@ -153,7 +162,11 @@ class ShapesDataset(ManifestDataset):
 
     @staticmethod
     def prepare_data(
-        root: str, num_train: int = 1200, num_val: int = 300, num_test: int = 300, seed: int = 0,
+        root: str,
+        num_train: int = 1200,
+        num_val: int = 300,
+        num_test: int = 300,
+        seed: int = 0,
         **_: object,
     ) -> None:
         """Generate the files once (called on one process by the data module)."""

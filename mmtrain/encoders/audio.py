@@ -57,7 +57,10 @@ class MelCNNEncoder(nn.Module):
         for block in self.blocks:
             if m is not None:
                 h = h * m[:, None, None, : h.shape[-1]].to(h.dtype)  # padding stays silent
-            h = F.max_pool2d(block(h), kernel_size=2, ceil_mode=True)
+            h = block(h)
+            if m is not None:  # after ReLU h >= 0, so zeroed padding never wins the max-pool
+                h = h * m[:, None, None, : h.shape[-1]].to(h.dtype)
+            h = F.max_pool2d(h, kernel_size=2, ceil_mode=True)
             if m is not None:
                 m = F.max_pool1d(m[:, None].float(), kernel_size=2, ceil_mode=True)[:, 0] > 0
         tokens = h.mean(dim=2).transpose(1, 2)  # (B, T', D): frequency pooled away

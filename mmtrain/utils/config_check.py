@@ -15,7 +15,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hydra.utils import get_object
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationToMissingValueError, OmegaConfBaseException
 
 from mmtrain.errors import MMTrainError
 from mmtrain.utils.instantiate import check_allowed, targets
@@ -123,6 +124,37 @@ def _type_name(annotation: Any) -> str:
     return str(annotation).replace("typing.", "")
 
 
+def _scan(node: Any, path: str = "") -> tuple[list[str], list[str]]:
+    """(``???`` keys, unresolvable interpolations) under ``node``; resolves only leaves."""
+    missing: list[str] = []
+    broken: list[str] = []
+    if isinstance(node, DictConfig):
+        keys: list[Any] = list(node)
+    elif isinstance(node, ListConfig):
+        keys = list(range(len(node)))
+    else:
+        return missing, broken
+    for key in keys:
+        child = node._get_node(key)
+        sub = f"{path}[{key}]" if isinstance(key, int) else (f"{path}.{key}" if path else str(key))
+        if child._is_missing():
+            missing.append(sub)
+        elif child._is_interpolation():
+            try:
+                node[key]
+            except InterpolationToMissingValueError:
+                pass  # the ??? value it points to is reported
+            except OmegaConfBaseException as err:
+                broken.append(
+                    f"{sub}: cannot resolve {child._value()!r} ({str(err).splitlines()[0]})"
+                )
+        else:
+            m, b = _scan(child, sub)
+            missing += m
+            broken += b
+    return missing, broken
+
+
 def check_config(cfg: DictConfig, extra_allowed: Sequence[str] = ()) -> None:
     """Validate the whole config; raise one error listing every problem.
 
@@ -130,7 +162,9 @@ def check_config(cfg: DictConfig, extra_allowed: Sequence[str] = ()) -> None:
         MMTrainError: with one line per problem.
     """
     problems: list[str] = []
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    missing, broken = _scan(cfg)
+    missing.sort()
+    problems += broken
     if missing:
         problems.append(f"missing values (set them with key=value): {', '.join(missing)}")
     try:

@@ -18,12 +18,19 @@ from mmtrain.errors import MMTrainError
 
 ALLOWED_PREFIXES = (
     "mmtrain.",
-    "torch.",
-    "torchvision.",
-    "torchaudio.",
+    "torch.optim.",
+    "torch.nn.",
+    "torchvision.models.",
+    "torchvision.transforms.",
+    "torchaudio.transforms.",
     "torchmetrics.",
-    "pytorch_lightning.",
-    "lightning.",
+    "pytorch_lightning.Trainer",
+    "pytorch_lightning.callbacks.",
+    "pytorch_lightning.loggers.",
+    "pytorch_lightning.strategies.",
+    "pytorch_lightning.plugins.",
+    "lightning.pytorch.callbacks.",
+    "lightning.pytorch.loggers.",
 )
 # Under an allowed prefix, these load code or pickles and are never instantiated from config.
 DENIED_PREFIXES = (
@@ -55,7 +62,8 @@ def check_allowed(node: Any, path: str = "", extra: Iterable[str] = ()) -> None:
     """
     allowed = (*ALLOWED_PREFIXES, *extra)
     for key, target, _ in targets(node, path):
-        if target.startswith(DENIED_PREFIXES) or not target.startswith(allowed):
+        private = any(part.startswith("_") for part in target.split("."))
+        if private or target.startswith(DENIED_PREFIXES) or not target.startswith(allowed):
             raise MMTrainError(
                 f"{key or '<root>'}._target_={target!r} is not allowed; allowed prefixes are "
                 f"{list(allowed)} (add yours with allowed_targets=[...])"

@@ -12,8 +12,9 @@ class AudioTransform:
     """Waveform at any sample rate -> log-mel features ``(n_mels, frames)``.
 
     Channels are averaged to mono, the signal is resampled to ``sample_rate``
-    (``torchaudio.transforms.Resample``, one cached kernel per input rate), cropped to ``max_seconds`` (a random window in
-    training, the start otherwise) and turned into ``log(mel + 1e-6)``.
+    (``torchaudio.transforms.Resample``, one cached kernel per input rate), cropped to
+    ``max_seconds`` (a random window in training, the start otherwise) and turned into
+    ``log(mel + 1e-6)``.
 
     Args:
         sample_rate: the rate every clip is resampled to.

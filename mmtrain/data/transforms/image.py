@@ -57,9 +57,7 @@ class ImageTransform:
         if color_jitter > 0:
             train_ops.append(v2.ColorJitter(color_jitter, color_jitter, color_jitter))
         self.eval_transform = v2.Compose([v2.Resize((size, size), antialias=True), *finish])
-        self.train_transform = (
-            v2.Compose([*train_ops, *finish]) if augment else self.eval_transform
-        )
+        self.train_transform = v2.Compose([*train_ops, *finish]) if augment else self.eval_transform
 
     def __call__(self, image: Image.Image, train: bool = False) -> Tensor:
         """Transform one PIL image; ``train`` selects the augmenting pipeline."""

@@ -40,7 +40,9 @@ class WordTokenizer:
         max_vocab: int | None = None,
     ) -> None:
         if max_length <= 0 or min_freq <= 0:
-            raise ValueError(f"max_length and min_freq must be positive, got {max_length}, {min_freq}")
+            raise ValueError(
+                f"max_length and min_freq must be positive, got {max_length}, {min_freq}"
+            )
         self.max_length = max_length
         self.lowercase = lowercase
         self.min_freq = min_freq
@@ -65,8 +67,10 @@ class WordTokenizer:
     def fit(self, texts: Iterable[str]) -> WordTokenizer:
         """Build the vocabulary from ``texts`` (the training split)."""
         counts = Counter(w for t in texts for w in self.split(t))
-        words = sorted((w for w, c in counts.items() if c >= self.min_freq and w not in SPECIALS),
-                       key=lambda w: (-counts[w], w))
+        words = sorted(
+            (w for w, c in counts.items() if c >= self.min_freq and w not in SPECIALS),
+            key=lambda w: (-counts[w], w),
+        )
         if self.max_vocab is not None:
             words = words[: self.max_vocab]
         self.set_vocab([*SPECIALS, *words])

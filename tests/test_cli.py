@@ -1,0 +1,453 @@
+"""The ``mmtrain`` command, run as a user runs it: in subprocesses, in a scratch directory.
+
+Each subprocess that imports torch costs ~5 s, so the heavy ones are few: one fit (shared by the
+test and predict runs from its checkpoint), one two-job sweep, and one process that runs every
+"bad input" command in turn (``_BAD_INPUTS``). The cheap ones (help, config errors) import no
+torch and take well under a second each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mmtrain.cli import STAGES, config_dir
+
+TINY_DATA = [
+    "data.dataset.num_train=24",
+    "data.dataset.num_val=8",
+    "data.dataset.num_test=8",
+    "data.batch_size=4",
+]
+QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+HEAVY_MODULES = (
+    "torch",
+    "pytorch_lightning",
+    "lightning",
+    "torchvision",
+    "torchaudio",
+    "torchmetrics",
+)
+
+
+def _mmtrain_command() -> list[str]:
+    """The installed console script next to this interpreter, else the same entry point."""
+    script = Path(sys.executable).with_name("mmtrain")
+    if script.is_file():
+        return [str(script)]
+    found = shutil.which("mmtrain")
+    if found:
+        return [found]
+    return [sys.executable, "-c", "import sys; from mmtrain.cli import main; sys.exit(main())"]
+
+
+MMTRAIN = _mmtrain_command()
+
+
+def _env(data_dir: Path, output_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env.update(
+        MMTRAIN_DATA_DIR=str(data_dir),
+        MMTRAIN_OUTPUT_DIR=str(output_dir),
+        OMP_NUM_THREADS="1",
+        PYTHONWARNINGS="ignore",
+    )
+    return env
+
+
+def _run(
+    args: list[str],
+    cwd: Path,
+    data_dir: Path,
+    output_dir: Path,
+    timeout: int = 180,
+    command: list[str] | None = None,
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*(command or MMTRAIN), *args],
+        cwd=cwd,
+        env=_env(data_dir, output_dir),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _explain(proc: subprocess.CompletedProcess) -> str:
+    out, err = proc.stdout[-3000:], proc.stderr[-3000:]
+    return f"exit {proc.returncode}\n--- stdout\n{out}\n--- stderr\n{err}"
+
+
+@pytest.fixture
+def scratch(tmp_path, session_dirs) -> dict[str, Path]:
+    """A scratch working directory and output root; data is the session's tiny data."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    return {"cwd": cwd, "data": session_dirs["data"], "out": tmp_path / "outputs"}
+
+
+def mmtrain(scratch: dict[str, Path], *args: str, **kwargs) -> subprocess.CompletedProcess:
+    return _run(list(args), scratch["cwd"], scratch["data"], scratch["out"], **kwargs)
+
+
+def _run_dirs(root: Path, marker: str) -> list[Path]:
+    """Run directories under an output root that hold ``marker`` (a file path inside them)."""
+    return sorted(p.parents[len(Path(marker).parts) - 1] for p in root.glob(f"**/{marker}"))
+
+
+# ---- cheap: no torch ---------------------------------------------------------------------------
+def test_help_lists_the_stages(scratch):
+    proc = mmtrain(scratch, "--help")
+    assert proc.returncode == 0, _explain(proc)
+    assert proc.stdout.startswith("usage: mmtrain <stage>")
+    for stage in STAGES:
+        assert re.search(rf"^\s+{stage}\s", proc.stdout, re.M), stage
+    bare = mmtrain(scratch)
+    assert bare.returncode == 2 and bare.stdout == proc.stdout
+
+
+def test_module_entry_point_exit_code(scratch):
+    proc = _run(
+        [],
+        scratch["cwd"],
+        scratch["data"],
+        scratch["out"],
+        command=[sys.executable, "-m", "mmtrain.cli"],
+    )
+    assert proc.returncode == 2 and proc.stdout.startswith("usage: mmtrain")
+
+
+def test_unknown_stage_gets_did_you_mean(scratch):
+    proc = mmtrain(scratch, "fitt")
+    assert proc.returncode == 2, _explain(proc)
+    assert "unknown stage 'fitt'; did you mean 'fit'?" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+_NO_TORCH_SCRIPT = textwrap.dedent(
+    """
+    import contextlib, io, json, sys
+    heavy = json.loads(sys.argv[1])  # main() replaces sys.argv
+    import mmtrain, mmtrain.cli
+    from hydra import compose, initialize_config_dir
+
+    def call(*argv):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            try:
+                return mmtrain.cli.main(list(argv))
+            except SystemExit as exit_:
+                return exit_.code
+
+    codes = [call("--help"), call("fit", "--cfg", "job"), call("fit", "--help"),
+             call("fit", "trainer.max_epochz=3"), call("fit", "fusion=nope")]
+    with initialize_config_dir(str(mmtrain.cli.config_dir()), version_base="1.3"):
+        compose("fit", overrides=["~encoder/audio"])
+    print(json.dumps({"codes": codes, "heavy": [m for m in heavy if m in sys.modules]}))
+    """
+)
+
+
+def test_help_and_config_composition_import_no_torch(scratch):
+    """`import mmtrain`, --help, --cfg job, config errors: no torch, no Lightning (fast)."""
+    proc = _run(
+        [_NO_TORCH_SCRIPT, json.dumps(HEAVY_MODULES)],
+        scratch["cwd"],
+        scratch["data"],
+        scratch["out"],
+        command=[sys.executable, "-c"],
+    )
+    assert proc.returncode == 0, _explain(proc)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["heavy"] == [], f"imported without need: {result['heavy']}"
+    assert result["codes"][:3] == [0, None, 0] and 0 not in result["codes"][3:], result
+
+
+def test_stage_help_lists_the_config_groups(scratch):
+    proc = mmtrain(scratch, "fit", "--help")
+    assert proc.returncode == 0, _explain(proc)
+    groups = dict(re.findall(r"^([\w/]+): (.+)$", proc.stdout.split("== Composed config")[0], re.M))
+    for group in (
+        "data",
+        "encoder/image",
+        "encoder/text",
+        "encoder/audio",
+        "fusion",
+        "head/label",
+        "loss_weighting",
+        "optimizer",
+        "trainer",
+        "debug",
+        "experiment",
+    ):
+        assert group in groups, f"{group} missing from --help:\n{proc.stdout[:2000]}"
+    # Every YAML file of the tree is listed as an option of its group.
+    root = config_dir()
+    for path in root.glob("*/**/*.yaml"):
+        group = path.parent.relative_to(root).as_posix()
+        if group.startswith("hydra"):
+            continue
+        assert path.stem in groups[group].split(", "), f"{group}={path.stem} not in --help"
+
+
+def test_cfg_job_prints_the_composed_config(scratch):
+    proc = mmtrain(
+        scratch, "fit", "--cfg", "job", "fusion=concat", "~encoder/audio", "optimizer.lr=0.123"
+    )
+    assert proc.returncode == 0, _explain(proc)
+    cfg = yaml.safe_load(proc.stdout)
+    assert cfg["fusion"]["_target_"] == "mmtrain.fusions.concat.ConcatFusion"
+    assert sorted(cfg["encoder"]) == ["image", "text"]
+    assert cfg["optimizer"]["lr"] == 0.123 and "hydra" not in cfg
+    assert not any(scratch["cwd"].iterdir()), "--cfg job wrote files into the working directory"
+
+
+def test_override_typo_gets_did_you_mean(scratch):
+    proc = mmtrain(scratch, "fit", "trainer.max_epochz=3")
+    assert proc.returncode != 0, _explain(proc)
+    assert "did you mean 'trainer.max_epochs'?" in proc.stderr, _explain(proc)
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_unknown_group_option_lists_the_options(scratch):
+    proc = mmtrain(scratch, "fit", "fusion=nope")
+    assert proc.returncode != 0, _explain(proc)
+    assert "fusion/nope" in proc.stderr
+    for option in (p.stem for p in (config_dir() / "fusion").glob("*.yaml")):
+        assert option in proc.stderr, f"option {option} not listed:\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+# ---- bad inputs that get past composition: one process runs them all ----------------------------
+_HARNESS = textwrap.dedent(
+    """
+    # Runs `mmtrain <argv>` for each case in one process (torch is imported once) and reports
+    # each call's exit code, stdout and stderr. An exception escaping main() is reported with
+    # its traceback, as the console script would print it.
+    import contextlib, io, json, sys, traceback
+    from mmtrain.cli import main
+
+    results = {}
+    for name, argv in json.loads(sys.argv[1]).items():
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(argv)
+                code = 0
+            except SystemExit as exit_:
+                code = exit_.code
+                if not isinstance(code, int):  # None: success; a message: failure
+                    code = 0 if code is None else 1
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+        results[name] = {"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()}
+    print(json.dumps(results))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory, session_dirs, tiny_data) -> dict[str, dict]:
+    import pytorch_lightning as pl
+    import torch
+    from omegaconf import OmegaConf
+
+    tmp = tmp_path_factory.mktemp("bad")
+    corrupt = tmp / "corrupt.ckpt"
+    corrupt.write_bytes(bytes(range(256)) * 16)
+    foreign = tmp / "foreign.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    # An mmtrain checkpoint whose weights do not fit its model (e.g. the config changed since).
+    mismatched = tmp / "mismatched.ckpt"
+    stored = OmegaConf.load(config_dir() / "fit.yaml")  # any YAML text; only weights matter
+    torch.save(
+        {
+            "state_dict": {"encoders.image.nope": torch.zeros(1)},
+            "epoch": 0,
+            "global_step": 0,
+            "pytorch-lightning_version": pl.__version__,
+            "mmtrain": {"config": OmegaConf.to_yaml(stored), "data": {}},
+        },
+        mismatched,
+    )
+    run_dir = [f"hydra.run.dir={tmp}/runs/${{now:%H-%M-%S-%f}}"]
+    cases = {
+        "wrong_type": ["fit", "trainer.max_epochs=abc", *TINY_DATA, *run_dir],
+        "test_without_ckpt": ["test", *run_dir],
+        "corrupt_ckpt": ["test", f"ckpt_path={corrupt}", *run_dir],
+        "missing_ckpt": ["test", f"ckpt_path={tmp / 'nope.ckpt'}", *run_dir],
+        "foreign_ckpt": ["validate", f"ckpt_path={foreign}", *run_dir],
+        "resume_mismatched_ckpt": [
+            "fit",
+            f"ckpt_path={mismatched}",
+            "debug=fdr",
+            *TINY_DATA,
+            *QUIET,
+            *run_dir,
+        ],
+    }
+    cwd = tmp / "cwd"
+    cwd.mkdir()
+    proc = _run(
+        [_HARNESS, json.dumps(cases)],
+        cwd,
+        session_dirs["data"],
+        tmp / "outputs",
+        timeout=300,
+        command=[sys.executable, "-c"],
+    )
+    assert proc.returncode == 0, _explain(proc)
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    results["_files"] = {
+        "corrupt": str(corrupt),
+        "foreign": str(foreign),
+        "missing": str(tmp / "nope.ckpt"),
+        "mismatched": str(mismatched),
+    }
+    return results
+
+
+def _clean_failure(result: dict) -> str:
+    """Assert a non-zero exit without traceback; return the error lines of stderr."""
+    assert result["code"] not in (0, None), result
+    assert "Traceback" not in result["stderr"], result["stderr"][-3000:]
+    return result["stderr"]
+
+
+def test_wrong_type_fails_with_one_message(bad_inputs):
+    stderr = _clean_failure(bad_inputs["wrong_type"])
+    lines = [ln for ln in stderr.splitlines() if "trainer.max_epochs" in ln]
+    assert len(lines) == 1, stderr
+    assert "'abc'" in lines[0] and "int" in lines[0], lines[0]
+
+
+def test_test_without_checkpoint_fails_cleanly(bad_inputs):
+    stderr = _clean_failure(bad_inputs["test_without_ckpt"])
+    assert "mmtrain test: error:" in stderr and "needs ckpt_path=" in stderr
+
+
+@pytest.mark.parametrize(
+    ("case", "file", "says"),
+    [
+        ("corrupt_ckpt", "corrupt", "cannot load checkpoint"),
+        ("missing_ckpt", "missing", "checkpoint not found"),
+        ("foreign_ckpt", "foreign", "is not an mmtrain checkpoint"),
+    ],
+)
+def test_bad_checkpoint_fails_cleanly_naming_the_file(bad_inputs, case, file, says):
+    stderr = _clean_failure(bad_inputs[case])
+    line = next((ln for ln in stderr.splitlines() if "error:" in ln), "")
+    assert bad_inputs["_files"][file] in line and says in line and "ckpt_path" in line, stderr
+
+
+def test_resume_from_a_mismatched_checkpoint_fails_cleanly(bad_inputs):
+    stderr = _clean_failure(bad_inputs["resume_mismatched_ckpt"])
+    assert bad_inputs["_files"]["mismatched"] in stderr
+
+
+# ---- the real thing: fit, then test and predict from its checkpoint; a sweep --------------------
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory, session_dirs, tiny_data) -> dict:
+    """``mmtrain fit`` on tiny data with ``debug=limit``: its process and run directory."""
+    tmp = tmp_path_factory.mktemp("fit")
+    scratch = {"cwd": tmp / "cwd", "data": session_dirs["data"], "out": tmp / "outputs"}
+    scratch["cwd"].mkdir()
+    proc = mmtrain(scratch, "fit", *TINY_DATA, "debug=limit", *QUIET)
+    assert proc.returncode == 0, _explain(proc)
+    runs = _run_dirs(scratch["out"], "checkpoints/last.ckpt")
+    assert len(runs) == 1, runs
+    return {"proc": proc, "run": runs[0], "scratch": scratch}
+
+
+def test_fit_writes_the_run_directory(fitted):
+    run, out = fitted["run"], fitted["scratch"]["out"]
+    # <paths.log_dir>/<name>/<date>/<time>, the root from MMTRAIN_OUTPUT_DIR
+    assert re.fullmatch(r"shapes/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d", run.relative_to(out).as_posix())
+    assert f"run directory: {run.resolve()}" in fitted["proc"].stdout
+    for name in (
+        ".hydra/config.yaml",
+        ".hydra/overrides.yaml",
+        "checkpoints/best.ckpt",
+        "csv/metrics.csv",
+        "metrics.json",
+    ):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"train/loss", "train/loss/label", "val/loss", "val/label/accuracy"} <= set(metrics)
+    assert 0.0 <= metrics["val/label/accuracy"] <= 1.0
+    # Nothing written into the working directory (data and outputs come from the env vars).
+    assert not any(fitted["scratch"]["cwd"].iterdir())
+
+
+def test_checkpoint_carries_config_and_data_state(fitted):
+    import torch
+
+    ckpt = torch.load(
+        fitted["run"] / "checkpoints/last.ckpt", map_location="cpu", weights_only=True
+    )
+    stored = yaml.safe_load(ckpt["mmtrain"]["config"])
+    assert stored["data"]["dataset"]["num_train"] == 24 and "fusion" in stored
+    data = ckpt["mmtrain"]["data"]
+    assert data["vocab"][:4] == ["<pad>", "<unk>", "<bos>", "<eos>"]
+    assert len(data["class_names"]["label"]) >= 2
+
+
+def test_test_from_the_checkpoint(fitted, tmp_path, session_dirs):
+    """Model and data settings come from the checkpoint alone: no data overrides given."""
+    scratch = {"cwd": tmp_path, "data": session_dirs["data"], "out": tmp_path / "outputs"}
+    ckpt = fitted["run"] / "checkpoints/last.ckpt"
+    proc = mmtrain(scratch, "test", f"ckpt_path={ckpt}", *QUIET)
+    assert proc.returncode == 0, _explain(proc)
+    (run,) = _run_dirs(scratch["out"], "metrics.json")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0.0 <= metrics["test/label/accuracy"] <= 1.0
+    assert all(k.startswith("test/") for k in metrics), metrics
+    rows = [
+        json.loads(ln) for ln in (run / "predictions/label_test.jsonl").read_text().splitlines()
+    ]
+    assert [r["id"] for r in rows] == [f"test_{i:05d}" for i in range(8)]
+    import torch
+
+    classes = torch.load(ckpt, weights_only=True)["mmtrain"]["data"]["class_names"]["label"]
+    assert {r["prediction"] for r in rows} <= set(classes)
+    assert not (run / "checkpoints").exists()
+
+
+def test_predict_from_the_checkpoint(fitted, tmp_path, session_dirs):
+    scratch = {"cwd": tmp_path, "data": session_dirs["data"], "out": tmp_path / "outputs"}
+    proc = mmtrain(
+        scratch, "predict", f"ckpt_path={fitted['run'] / 'checkpoints/last.ckpt'}", *QUIET
+    )
+    assert proc.returncode == 0, _explain(proc)
+    (run,) = _run_dirs(scratch["out"], "predictions/label_test.jsonl")
+    lines = (run / "predictions/label_test.jsonl").read_text().splitlines()
+    assert len(lines) == 8 and all(set(json.loads(ln)) == {"id", "prediction"} for ln in lines)
+
+
+def test_multirun_gives_one_run_directory_per_job(scratch, tiny_data):
+    proc = mmtrain(
+        scratch, "fit", "-m", "optimizer.lr=1e-3,1e-4", *TINY_DATA, "debug=fdr", *QUIET, timeout=300
+    )
+    assert proc.returncode == 0, _explain(proc)
+    (sweep,) = {p.parent for p in _run_dirs(scratch["out"], "metrics.json")}
+    assert re.fullmatch(
+        r"shapes/multirun/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d",
+        sweep.relative_to(scratch["out"]).as_posix(),
+    )
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    for job, lr in (("0", 1e-3), ("1", 1e-4)):
+        assert (
+            yaml.safe_load((sweep / job / ".hydra/config.yaml").read_text())["optimizer"]["lr"]
+            == lr
+        )
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        assert "train/loss" in metrics

@@ -1,0 +1,57 @@
+"""Generated from the config tree: every experiment preset runs ``fast_dev_run`` on tiny data.
+
+A new file in ``configs/experiment/`` is picked up with no new test. Its data set must have a
+tiny version in ``TINY_DATA`` (keyed by the data set's ``_target_``); a new data set without one
+fails with a message saying so.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from omegaconf import OmegaConf
+
+from mmtrain.cli import config_dir
+from mmtrain.run import run
+
+EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
+# data.dataset._target_ -> overrides that make it tiny (the shapes data is generated once per
+# session by the `tiny_data` fixture with exactly these sizes).
+TINY_DATA = {
+    "mmtrain.data.shapes.ShapesDataset": [
+        "data.dataset.num_train=24",
+        "data.dataset.num_val=8",
+        "data.dataset.num_test=8",
+        "data.batch_size=4",
+    ],
+}
+QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+
+
+def test_there_are_experiments():
+    assert EXPERIMENTS, "configs/experiment/ is empty: no experiment is tested"
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS, ids=[f"experiment={n}" for n in EXPERIMENTS])
+def test_experiment_fast_dev_run(name, compose_config, tiny_data, tmp_path):
+    dataset = OmegaConf.select(compose_config(f"experiment={name}"), "data.dataset._target_")
+    if dataset not in TINY_DATA:
+        pytest.fail(
+            f"experiment={name} uses the data set {dataset!r}: add tiny overrides for it "
+            f"to TINY_DATA in tests/test_experiments.py",
+            pytrace=False,
+        )
+    cfg = compose_config(
+        f"experiment={name}", "debug=fdr", *TINY_DATA[dataset], *QUIET, output_dir=tmp_path
+    )
+    assert cfg.paths.output_dir == str(tmp_path)
+
+    metrics = run("fit", cfg)
+
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written == pytest.approx(metrics)
+    assert "train/loss" in written and any(k.startswith("val/") for k in written), written
+    assert all(math.isfinite(v) for v in written.values())
+    assert cfg.optimized_metric in written, f"optimized_metric {cfg.optimized_metric} not logged"
