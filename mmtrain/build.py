@@ -3,8 +3,9 @@
 Order (ARCHITECTURE.md, data flow step 2): the data module first; then each encoder (reporting
 ``out_dim``); the fusion with ``in_dims``; each head with ``in_dim = fusion.out_dim`` and what the
 data knows; the loss weighting with the task names. A constructor argument named like a data
-fact (``vocab_size``, ``pad_id``, ``n_mels``, ``num_classes``, ``class_names``) and not set in
-YAML is filled from the data.
+fact (``vocab_size``, ``pad_id``, ``n_mels``, ``num_classes``, ``class_names``, ``tokenizer``) and
+not set in YAML is filled from the data; a head gets the facts of its own task (its classes, or
+the tokenizer and vocabulary of its text target).
 """
 
 from __future__ import annotations
@@ -44,11 +45,14 @@ def build_datamodule(cfg: DictConfig) -> MultimodalDataModule:
 
 
 def head_facts(facts: dict[str, Any], task: str) -> dict[str, Any]:
-    """Data facts for the head of ``task``: global facts plus its classes, if it has any."""
-    out = {k: v for k, v in facts.items() if k != "class_names"}
+    """Data facts for the head of ``task``: its classes, or its target tokenizer and vocabulary."""
+    out = {k: v for k, v in facts.items() if k not in ("class_names", "tokenizers")}
     names = facts.get("class_names", {}).get(task)
     if names is not None:
         out.update(class_names=list(names), num_classes=len(names))
+    tokenizer = facts.get("tokenizers", {}).get(task)
+    if tokenizer is not None:
+        out.update(tokenizer=tokenizer, vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id)
     return out
 
 

@@ -67,7 +67,15 @@ class Fusion(Protocol):
 
 @runtime_checkable
 class Head(Protocol):
-    """Turns fused features into task outputs, computes its loss and metrics, decodes outputs."""
+    """Turns fused features into task outputs, computes its loss and metrics, decodes outputs.
+
+    ``forward`` gives the training outputs (the target is there for teacher forcing), ``loss``
+    their loss, ``predict`` the decoded predictions of a batch (class names, caption strings),
+    generating them when the task needs it. ``make_metrics`` returns a torchmetrics object whose
+    ``compute()`` is a ``{metric name: value}`` dict; ``update_metrics`` feeds it one batch, with
+    the predictions and, where the batch has them, the ``<task>_references`` (e.g. all captions
+    of an image).
+    """
 
     def __call__(
         self, features: Features, target: Tensor | None = None, target_mask: Tensor | None = None
@@ -80,8 +88,16 @@ class Head(Protocol):
     def make_metrics(self) -> Any: ...
 
     def update_metrics(
-        self, metrics: Any, outputs: Tensor, target: Tensor, target_mask: Tensor | None = None
+        self,
+        metrics: Any,
+        outputs: Tensor,
+        target: Tensor,
+        target_mask: Tensor | None = None,
+        predictions: list[Any] | None = None,
+        references: list[Any] | None = None,
     ) -> None: ...
+
+    def predict(self, features: Features, outputs: Tensor | None = None) -> list[Any]: ...
 
     def decode(self, outputs: Tensor) -> list[Any]: ...
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
+from torchmetrics import MetricCollection
 
 from mmtrain.contracts import Batch, Features
 
@@ -47,10 +48,11 @@ class MultimodalModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.config_yaml = config_yaml
-        # One metric collection per (split, task); "/" is not allowed in module names.
+        # One metric object per (split, task); "/" is not allowed in module names. They are
+        # computed and logged at the end of each evaluation epoch (see _log_metrics).
         self.metrics = nn.ModuleDict(
             {
-                f"{split}_{task}": head.make_metrics().clone(prefix=f"{split}/{task}/")
+                f"{split}_{task}": head.make_metrics()
                 for split in ("val", "test")
                 for task, head in heads.items()
             }
@@ -66,22 +68,31 @@ class MultimodalModule(pl.LightningModule):
         }
         return self.fusion(features)
 
-    def _step(self, batch: Batch, split: str) -> tuple[Tensor, dict[str, Tensor]]:
+    def _step(self, batch: Batch, split: str) -> Tensor:
         fused = self(batch)
         batch_size = len(batch["id"])
         losses: dict[str, Tensor] = {}
-        outputs: dict[str, Tensor] = {}
+        rows = [{"id": sample_id} for sample_id in batch["id"]]
         for task, head in self.heads.items():
             if task not in batch:  # this batch carries no target for the task
                 continue
             target, target_mask = batch[task], batch.get(f"{task}_mask")
-            outputs[task] = head(fused, target, target_mask)
-            losses[task] = head.loss(outputs[task], target, target_mask)
+            outputs = head(fused, target, target_mask)
+            losses[task] = head.loss(outputs, target, target_mask)
             if split != "train":
+                predictions = head.predict(fused, outputs)
                 head.update_metrics(
-                    self.metrics[f"{split}_{task}"], outputs[task], target, target_mask
+                    self.metrics[f"{split}_{task}"],
+                    outputs,
+                    target,
+                    target_mask,
+                    predictions=predictions,
+                    references=batch.get(f"{task}_references"),
                 )
-                self.log_dict(self.metrics[f"{split}_{task}"], on_epoch=True, batch_size=batch_size)
+                for row, pred in zip(rows, predictions):
+                    row[task] = pred
+        if split == "test":
+            self.predictions.extend(rows)
         total, weights = self.loss_weighting(losses)
         # Training losses are logged per step, evaluation losses as epoch means.
         on_step = split == "train"
@@ -109,32 +120,44 @@ class MultimodalModule(pl.LightningModule):
             prog_bar=True,
             batch_size=batch_size,
         )
-        return total, outputs
+        return total
+
+    def _log_metrics(self, split: str) -> None:
+        """Compute, log as ``<split>/<task>/<metric>`` and reset every metric of ``split``."""
+        for task in self.heads:
+            metric = self.metrics[f"{split}_{task}"]
+            parts = metric.values() if isinstance(metric, MetricCollection) else [metric]
+            if not any(m.update_called for m in parts):  # no batch of the split had the task
+                continue
+            values = metric.compute()
+            self.log_dict({f"{split}/{task}/{k}": v for k, v in values.items()})
+            metric.reset()
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        return self._step(batch, "train")[0]
+        return self._step(batch, "train")
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._step(batch, "val")
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
-        _, outputs = self._step(batch, "test")
-        self.predictions.extend(self._decode(batch, outputs))
+        self._step(batch, "test")
 
-    def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
-        fused = self(batch)
-        outputs = {task: head(fused) for task, head in self.heads.items()}
-        return self._decode(batch, outputs)
-
-    def _decode(self, batch: Batch, outputs: dict[str, Tensor]) -> list[dict[str, Any]]:
-        rows = [{"id": sample_id} for sample_id in batch["id"]]
-        for task, out in outputs.items():
-            for row, pred in zip(rows, self.heads[task].decode(out)):
-                row[task] = pred
-        return rows
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
 
     def on_test_epoch_start(self) -> None:
         self.predictions = []
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
+        fused = self(batch)
+        rows = [{"id": sample_id} for sample_id in batch["id"]]
+        for task, head in self.heads.items():
+            for row, pred in zip(rows, head.predict(fused)):
+                row[task] = pred
+        return rows
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())

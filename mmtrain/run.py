@@ -27,6 +27,7 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 STAGES = ("fit", "validate", "test", "predict")
 # What a checkpoint defines: the model and the data it was trained on (vocabulary, classes).
 MODEL_KEYS = ("data", "encoder", "fusion", "head", "loss_weighting", "optimizer", "scheduler")
+INPUT_DATASET = "mmtrain.data.folder.ImageFolderDataset"  # predict ... input=<file or folder>
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -83,17 +84,44 @@ def _write_json(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
+def _image_id(sample_id: str) -> int | str:
+    return int(sample_id) if sample_id.isdigit() else sample_id
+
+
 def _write_predictions(out_dir: Path, split: str, rows: list[dict[str, Any]]) -> list[Path]:
-    """One JSON Lines file per task: ``predictions/<task>_<split>.jsonl``."""
+    """Predictions per task in the field's format.
+
+    ``caption``: ``predictions/captions_<split>.json`` in the COCO results format
+    (``[{"image_id": int, "caption": str}]``); other tasks: ``predictions/<task>_<split>.jsonl``
+    with ``{"id": ..., "prediction": ...}`` a line.
+    """
     written = []
     tasks = [k for k in (rows[0] if rows else {}) if k != "id"]
+    (out_dir / "predictions").mkdir(parents=True, exist_ok=True)
     for task in tasks:
-        path = out_dir / "predictions" / f"{task}_{split}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w") as f:
-            f.writelines(json.dumps({"id": r["id"], "prediction": r[task]}) + "\n" for r in rows)
+        if task == "caption":
+            path = out_dir / "predictions" / f"captions_{split}.json"
+            results = [{"image_id": _image_id(r["id"]), "caption": r[task]} for r in rows]
+            path.write_text(json.dumps(results))
+        else:
+            path = out_dir / "predictions" / f"{task}_{split}.jsonl"
+            path.write_text(
+                "".join(json.dumps({"id": r["id"], "prediction": r[task]}) + "\n" for r in rows)
+            )
         written.append(path)
     return written
+
+
+def _write_input_predictions(out_dir: Path, rows: list[dict[str, Any]]) -> Path:
+    """``predictions/predict.jsonl``: ``{"file": ..., "<task>": ...}`` per input, also printed."""
+    path = out_dir / "predictions" / "predict.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [
+        json.dumps({"file": r["id"], **{k: v for k, v in r.items() if k != "id"}}) for r in rows
+    ]
+    path.write_text("".join(line + "\n" for line in lines))
+    print("\n".join(lines), flush=True)
+    return path
 
 
 def _metrics(trainer: pl.Trainer, prefixes: tuple[str, ...]) -> dict[str, float]:
@@ -127,6 +155,10 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
     if ckpt is not None and stage != "fit":
         cfg = config_from_checkpoint(ckpt[CHECKPOINT_KEY]["config"], cfg)
         config_yaml = OmegaConf.to_yaml(cfg)
+    if stage == "predict" and cfg.get("input"):
+        with open_dict(cfg):  # the inputs replace the data set; vocabularies stay the checkpoint's
+            cfg.data.root = str(cfg.input)
+            cfg.data.dataset = {"_target_": INPUT_DATASET, "_partial_": True}
     check_config(cfg, list(cfg.get("allowed_targets") or []))
 
     pl.seed_everything(cfg.get("seed", 0), workers=True)
@@ -167,6 +199,9 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
             _write_predictions(out_dir, "test", model.predictions)
         elif stage == "predict":
             rows = [row for batch in batches for row in batch]
-            _write_predictions(out_dir, datamodule.predict_split, rows)
+            if cfg.get("input"):
+                _write_input_predictions(out_dir, rows)
+            else:
+                _write_predictions(out_dir, datamodule.predict_split, rows)
         print(f"run directory: {out_dir.resolve()}", flush=True)
     return metrics

@@ -31,6 +31,15 @@ TINY_DATA = [
 # Less noise in captured output of in-process and subprocess runs.
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 
+
+def synth_caption_tokenizer() -> Any:
+    """A word tokenizer fitted on a few captions (the caption head's data fact)."""
+    from mmtrain.data.transforms.text import WordTokenizer
+
+    captions = ["a large red circle in the top left", "a small blue square at the bottom"]
+    return WordTokenizer(max_length=8, strip_punctuation=True).fit(captions)
+
+
 # Data facts (what build.py takes from the data module) for synthetic batches.
 SYNTH_CLASSES = {"label": ["circle_high", "circle_low", "square_high", "square_low", "tri_high"]}
 SYNTH_FACTS: dict[str, Any] = {
@@ -160,12 +169,30 @@ def _label(batch_size: int, facts: dict[str, Any], g: Any) -> dict[str, Any]:
     return {"label": torch.randint(0, num_classes, (batch_size,), generator=g)}
 
 
+def _caption(batch_size: int, facts: dict[str, Any], g: Any) -> dict[str, Any]:
+    import torch
+
+    tokenizer = facts["tokenizers"]["caption"]
+    length = 6  # <bos> w w w w <eos>; padded samples end earlier
+    ids = torch.randint(4, tokenizer.vocab_size, (batch_size, length), generator=g)
+    mask = torch.zeros(batch_size, length, dtype=torch.bool)
+    for i, n in enumerate(_lengths(batch_size, length, 4)):
+        mask[i, :n] = True
+        ids[i, 0], ids[i, n - 1] = tokenizer.bos_id, tokenizer.eos_id
+    ids[~mask] = tokenizer.pad_id
+    refs = [[tokenizer.decode(row[1:])] for row in ids.tolist()]
+    return {"caption": ids, "caption_mask": mask, "caption_references": refs}
+
+
 MODALITY_SYNTHESIZERS: dict[str, Callable[..., dict[str, Any]]] = {
     "image": _image,
     "text": _text,
     "audio": _audio,
 }
-TARGET_SYNTHESIZERS: dict[str, Callable[..., dict[str, Any]]] = {"label": _label}
+TARGET_SYNTHESIZERS: dict[str, Callable[..., dict[str, Any]]] = {
+    "label": _label,
+    "caption": _caption,
+}
 
 
 def make_batch(
@@ -182,7 +209,7 @@ def make_batch(
     """
     import torch
 
-    facts = SYNTH_FACTS if facts is None else facts
+    facts = fresh_synth_facts() if facts is None else facts
     g = torch.Generator().manual_seed(seed)
     batch: dict[str, Any] = {"id": [f"sample_{i}" for i in range(batch_size)]}
     for kind, names, table, table_name in (
@@ -206,7 +233,16 @@ def synth_batch() -> Callable[..., dict[str, Any]]:
     return make_batch
 
 
+def fresh_synth_facts() -> dict[str, Any]:
+    """Data facts for synthetic batches (a fresh copy)."""
+    return {
+        **SYNTH_FACTS,
+        "class_names": {k: list(v) for k, v in SYNTH_CLASSES.items()},
+        "tokenizers": {"caption": synth_caption_tokenizer()},
+    }
+
+
 @pytest.fixture
 def synth_facts() -> dict[str, Any]:
     """Data facts for synthetic batches (a fresh copy per test)."""
-    return {**SYNTH_FACTS, "class_names": {k: list(v) for k, v in SYNTH_CLASSES.items()}}
+    return fresh_synth_facts()

@@ -239,7 +239,7 @@ def test_shapes_dataset_items(tiny_data):
     assert item["id"] == "val_00000" and isinstance(item["image"], Image.Image)
     samples, rate = item["audio"]
     assert rate == 22050 and samples.ndim == 2 and samples.shape[0] == 1
-    assert ds.columns == ["audio", "image", "label", "text"]
+    assert ds.columns == ["audio", "caption", "image", "label", "text"]
     with pytest.raises(ValueError, match="split must be one of"):
         ShapesDataset(str(tiny_data), "dev")
 
@@ -311,13 +311,13 @@ def _datamodule(tiny_data: Path, **kwargs) -> MultimodalDataModule:
 
 
 def test_missing_target_column_names_the_head(tiny_data):
-    dm = _datamodule(tiny_data, modalities=["image"], tasks=["label", "caption"])
+    dm = _datamodule(tiny_data, modalities=["image"], tasks=["label", "answer"])
     with pytest.raises(MMTrainError) as info:
         dm.setup("fit")
     message = str(info.value)
-    assert "head/caption" in message and "'caption' column" in message
-    assert "['audio', 'image', 'label', 'text']" in message  # the columns the data has
-    assert "~head/caption" in message
+    assert "head/answer" in message and "'answer' column" in message
+    assert "['audio', 'caption', 'image', 'label', 'text']" in message  # the data's columns
+    assert "~head/answer" in message
 
 
 def test_modality_without_preprocessing_is_refused(tiny_data):
@@ -340,12 +340,18 @@ def test_batches_follow_the_contract(compose_config, tiny_data):
     assert batch["audio"].shape[:2] == (4, 40) and batch["audio_mask"].dtype == torch.bool
     assert batch["audio"].shape[2] == batch["audio_mask"].shape[1]
     assert batch["label"].shape == (4,) and batch["label"].dtype == torch.long
-    assert dm.facts() == {
+    facts = dm.facts()
+    assert facts.pop("tokenizers") == dm.tokenizers and "caption" in dm.tokenizers
+    assert facts == {
         "class_names": dm.class_names,
         "vocab_size": len(dm.transforms["text"].vocab),
         "pad_id": 0,
         "n_mels": 40,
     }
+    assert batch["caption"].dtype == torch.long and batch["caption_mask"].dtype == torch.bool
+    assert batch["caption"][:, 0].eq(2).all()  # every caption starts with <bos>
+    refs = batch["caption_references"]  # shapes has one caption an image: the raw string
+    assert len(refs) == 4 and all(len(r) == 1 and r[0].startswith("a ") for r in refs), refs
 
     cfg = compose_config(*TINY_DATA, "~encoder/audio")
     dm = build_datamodule(cfg)
@@ -370,12 +376,18 @@ def test_state_dict_round_trip(compose_config, tiny_data, tmp_path):
     restored.load_state_dict(state)
     assert restored.state_dict() == state  # before setup
     restored.setup("test")
-    assert restored.state_dict() == state and restored.facts() == fitted.facts()
+    assert restored.state_dict() == state
+    restored_facts, fitted_facts = restored.facts(), fitted.facts()
+    vocabs = [
+        {k: t.vocab for k, t in f.pop("tokenizers").items()} for f in (restored_facts, fitted_facts)
+    ]
+    assert restored_facts == fitted_facts and vocabs[0] == vocabs[1] and vocabs[0]["caption"]
 
     # A restored state is used as is, not rebuilt from the data.
     shuffled = {
         "vocab": state["vocab"][:4] + state["vocab"][4:][::-1],
         "class_names": {"label": state["class_names"]["label"][::-1]},
+        "target_vocabs": {"caption": state["target_vocabs"]["caption"][:4] + ["x"]},
     }
     other = build_datamodule(cfg)
     other.load_state_dict(shuffled)

@@ -1,31 +1,49 @@
 """Generated from the config tree: every experiment preset runs ``fast_dev_run`` on tiny data.
 
 A new file in ``configs/experiment/`` is picked up with no new test. Its data set must have a
-tiny version in ``TINY_DATA`` (keyed by the data set's ``_target_``); a new data set without one
-fails with a message saying so.
+tiny version in ``TINY_DATA`` (keyed by the data set's ``_target_``): overrides, written for a
+folder where a fixture in the data set's real on-disk layout can be put; a new data set without
+one fails with a message saying so.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
+from test_coco_data import write_coco
 
 from mmtrain.cli import config_dir
 from mmtrain.run import run
 
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
-# data.dataset._target_ -> overrides that make it tiny (the shapes data is generated once per
-# session by the `tiny_data` fixture with exactly these sizes).
-TINY_DATA = {
-    "mmtrain.data.shapes.ShapesDataset": [
+
+
+def _tiny_coco(folder: Path) -> list[str]:
+    write_coco(folder / "coco")
+    return [
+        f"data.root={folder / 'coco'}",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "data.image.size=64",
+        "data.tokenizers.caption.min_freq=1",
+    ]
+
+
+# data.dataset._target_ -> (folder -> overrides that make it tiny). The shapes data is
+# generated once per session by the `tiny_data` fixture with exactly these sizes.
+TINY_DATA: dict[str, Callable[[Path], list[str]]] = {
+    "mmtrain.data.shapes.ShapesDataset": lambda folder: [
         "data.dataset.num_train=24",
         "data.dataset.num_val=8",
         "data.dataset.num_test=8",
         "data.batch_size=4",
     ],
+    "mmtrain.data.coco.CaptionDataset": _tiny_coco,
 }
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 
@@ -43,14 +61,14 @@ def test_experiment_fast_dev_run(name, compose_config, tiny_data, tmp_path):
             f"to TINY_DATA in tests/test_experiments.py",
             pytrace=False,
         )
-    cfg = compose_config(
-        f"experiment={name}", "debug=fdr", *TINY_DATA[dataset], *QUIET, output_dir=tmp_path
-    )
-    assert cfg.paths.output_dir == str(tmp_path)
+    tiny = TINY_DATA[dataset](tmp_path / "data")
+    out = tmp_path / "run"
+    cfg = compose_config(f"experiment={name}", "debug=fdr", *tiny, *QUIET, output_dir=out)
+    assert cfg.paths.output_dir == str(out)
 
     metrics = run("fit", cfg)
 
-    written = json.loads((tmp_path / "metrics.json").read_text())
+    written = json.loads((out / "metrics.json").read_text())
     assert written == pytest.approx(metrics)
     assert "train/loss" in written and any(k.startswith("val/") for k in written), written
     assert all(math.isfinite(v) for v in written.values())

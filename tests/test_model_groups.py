@@ -116,7 +116,7 @@ def test_model_option_trains_one_step(group, option, compose_config, synth_batch
         assert fused.tokens.shape[2] == module.fusion.out_dim
         assert torch.isfinite(fused.tokens).all()
         for task, head in module.heads.items():
-            decoded = head.decode(head(fused))
+            decoded = head.predict(fused)
             assert len(decoded) == batch_size, f"head/{task}: {len(decoded)} predictions"
 
 
@@ -199,8 +199,8 @@ def test_fusion_accepts_missing_modality(option, case, compose_config, synth_bat
 
 def test_unknown_task_needs_a_synthesizer(synth_batch):
     """A head for a new task fails the generated tests with a message saying what to add."""
-    with pytest.raises(pytest.fail.Exception, match=r"no synthesizer for task 'caption'.*conftest"):
-        synth_batch(["image"], ["caption"])
+    with pytest.raises(pytest.fail.Exception, match=r"no synthesizer for task 'answer'.*conftest"):
+        synth_batch(["image"], ["answer"])
     with pytest.raises(pytest.fail.Exception, match=r"no synthesizer for modality 'video'"):
         synth_batch(["video"], ["label"])
 

@@ -32,15 +32,23 @@ class _Transformed(Dataset):
 class MultimodalDataModule(pl.LightningDataModule):
     """Loads the modalities that have an encoder and the targets that have a head.
 
-    The text tokenizer's vocabulary and the class names of each classification target are
-    built from the training split in :meth:`setup` and saved in :meth:`state_dict` (so a
-    checkpoint carries them); a restored state is used as is.
+    The vocabularies (of the text input and of each text target) and the class names of each
+    classification target are built from the training split in :meth:`setup` and saved in
+    :meth:`state_dict` (so a checkpoint carries them); a restored state is used as is.
+
+    A task with a tokenizer in ``tokenizers`` is a text target (``caption``): it is encoded as
+    ``<bos> ids <eos>`` and batched as ``caption (B, L)`` + ``caption_mask``; its raw strings go
+    along as ``<task>_references`` (all references of an image when the data set gives them,
+    under ``<task>_references``, else the one target string). Other tasks are class labels.
 
     Args:
-        dataset: called as ``dataset(split=..., columns=...)`` for each split; a class may
-            offer a static ``prepare_data(**kwargs)`` that writes or downloads files once.
+        dataset: called as ``dataset(split=..., columns=..., root=...)`` for each split; a class
+            may offer a static ``prepare_data(**kwargs)`` that writes or downloads files once.
+        root: the data set's folder (``data.root=...``), handed to ``dataset``; None leaves
+            the dataset's own ``root`` (if any) as configured.
         image: image preprocessing.
         text: the tokenizer for the ``text`` modality.
+        tokenizers: ``{task: tokenizer}`` for text targets such as ``caption``.
         audio: audio preprocessing.
         modalities: the inputs to load (wired by build.py from the encoders).
         tasks: the targets to load (wired by build.py from the heads).
@@ -56,9 +64,11 @@ class MultimodalDataModule(pl.LightningDataModule):
     def __init__(
         self,
         dataset: Callable[..., Dataset],
+        root: str | None = None,
         image: ImageTransform | None = None,
         text: WordTokenizer | None = None,
         audio: AudioTransform | None = None,
+        tokenizers: dict[str, WordTokenizer] | None = None,
         modalities: list[str] = (),
         tasks: list[str] = (),
         batch_size: int = 32,
@@ -72,7 +82,9 @@ class MultimodalDataModule(pl.LightningDataModule):
                 f"need batch_size > 0 and num_workers >= 0, got {batch_size}, {num_workers}"
             )
         self.dataset_factory = dataset
+        self.root_kwargs = {} if root is None else {"root": str(root)}
         self.transforms = {"image": image, "text": text, "audio": audio}
+        self.tokenizers = dict(tokenizers or {})
         self.modalities = list(modalities)
         self.tasks = list(tasks)
         missing = [m for m in self.modalities if self.transforms.get(m) is None]
@@ -94,16 +106,20 @@ class MultimodalDataModule(pl.LightningDataModule):
         factory = self.dataset_factory
         prepare = getattr(getattr(factory, "func", factory), "prepare_data", None)
         if prepare is not None:
-            prepare(**getattr(factory, "keywords", {}))
+            prepare(**{**getattr(factory, "keywords", {}), **self.root_kwargs})
 
     def setup(self, stage: str | None = None) -> None:
         """Open the splits of ``stage`` (all when None) and build vocabulary and classes."""
+        if stage == "predict":  # inputs only; vocabularies and classes come from the checkpoint
+            if self.predict_split not in self.datasets:
+                self.datasets[self.predict_split] = self.dataset_factory(
+                    split=self.predict_split, columns=self.modalities, **self.root_kwargs
+                )
+            return
         splits = {"train"} | set(SPLIT_OF_STAGE.get(stage or "", ("train", "val", "test")))
-        if stage == "predict":
-            splits.add(self.predict_split)
         for split in sorted(splits - set(self.datasets)):
             self.datasets[split] = self.dataset_factory(
-                split=split, columns=self.modalities + self.tasks
+                split=split, columns=self.modalities + self.tasks, **self.root_kwargs
             )
         train = self.datasets["train"]
         self._check_columns(train)
@@ -111,7 +127,10 @@ class MultimodalDataModule(pl.LightningDataModule):
         if "text" in self.modalities and not tokenizer.fitted:
             tokenizer.fit(train.values("text"))
         for task in self.tasks:
-            if task not in self.class_names and self._is_categorical(train.values(task)):
+            if task in self.tokenizers:
+                if not self.tokenizers[task].fitted:
+                    self.tokenizers[task].fit(train.values(task))
+            elif task not in self.class_names and self._is_categorical(train.values(task)):
                 self.class_names[task] = sorted({str(v) for v in train.values(task)})
 
     def _check_columns(self, dataset: Dataset) -> None:
@@ -141,6 +160,7 @@ class MultimodalDataModule(pl.LightningDataModule):
         return {
             "vocab": list(tokenizer.vocab) if tokenizer is not None and tokenizer.fitted else None,
             "class_names": {k: list(v) for k, v in self.class_names.items()},
+            "target_vocabs": {k: list(t.vocab) for k, t in self.tokenizers.items() if t.fitted},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -148,11 +168,17 @@ class MultimodalDataModule(pl.LightningDataModule):
         if state.get("vocab") and self.transforms["text"] is not None:
             self.transforms["text"].set_vocab(state["vocab"])
         self.class_names.update({k: list(v) for k, v in state.get("class_names", {}).items()})
+        for task, vocab in (state.get("target_vocabs") or {}).items():
+            if task in self.tokenizers:
+                self.tokenizers[task].set_vocab(vocab)
 
     # ---- what build.py wires into the model -----------------------------------------------
     def facts(self) -> dict[str, Any]:
         """Sizes the model needs from the data (call after :meth:`setup`)."""
-        facts: dict[str, Any] = {"class_names": dict(self.class_names)}
+        facts: dict[str, Any] = {
+            "class_names": dict(self.class_names),
+            "tokenizers": dict(self.tokenizers),
+        }
         if self.transforms["text"] is not None:
             facts["vocab_size"] = self.transforms["text"].vocab_size
             facts["pad_id"] = WordTokenizer.pad_id
@@ -164,15 +190,23 @@ class MultimodalDataModule(pl.LightningDataModule):
     def encode(self, item: dict[str, Any], train: bool) -> dict[str, Any]:
         """Preprocess one raw item into tensors keyed like the batch."""
         out: dict[str, Any] = {"id": item["id"]}
-        if "image" in self.modalities:
+        # A modality or target the item lacks is left out (predict inputs have no targets).
+        if "image" in self.modalities and "image" in item:
             out["image"] = self.transforms["image"](item["image"], train=train)
-        if "text" in self.modalities:
+        if "text" in self.modalities and "text" in item:
             out["text"] = self.transforms["text"].encode(item["text"])
-        if "audio" in self.modalities:
+        if "audio" in self.modalities and "audio" in item:
             samples, rate = item["audio"]
             out["audio"] = self.transforms["audio"](samples, rate, train=train)
         for task in self.tasks:
-            out[task] = self._encode_target(task, item[task], item["id"])
+            if task not in item:
+                continue
+            if task in self.tokenizers:
+                out[task] = self.tokenizers[task].encode(str(item[task]), add_special=True)
+                refs = item.get(f"{task}_references")
+                out[f"{task}_references"] = list(refs) if refs else [str(item[task])]
+            else:
+                out[task] = self._encode_target(task, item[task], item["id"])
         return out
 
     def _encode_target(self, task: str, value: Any, sample_id: str) -> torch.Tensor:
@@ -189,7 +223,7 @@ class MultimodalDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, train: bool = False) -> DataLoader:
         if split not in self.datasets:
-            self.setup("predict" if split == self.predict_split else None)
+            self.setup(None)
         return DataLoader(
             _Transformed(self.datasets[split], self.encode, train),
             batch_size=self.batch_size,

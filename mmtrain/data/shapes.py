@@ -5,8 +5,10 @@ Each sample is a scene with one shape, written once (seeded, deterministic) in r
 * ``images/<id>.jpg`` (every fourth one ``.png``): a red, green or blue circle, square or
   triangle, small or large, in one of four corners, on a noisy background;
 * ``audio/<id>.wav``: a 0.3-0.6 s tone at 22.05 kHz, low (220-440 Hz) or high (880-1760 Hz);
-* ``text``: a caption of the image, which names the shape in 70% of the samples
-  ("a large red circle in the top left") and says "shape" otherwise;
+* ``text``: a short note on the shape, which names it in 70% of the samples ("a large circle")
+  and says "shape" otherwise;
+* ``caption``: the image described in full ("a large red circle in the top left"), a target:
+  colour and corner are only in the image, so the text input cannot be copied into it;
 * ``label``: ``<shape>_<tone>`` (6 classes). The shape is in the image (and often the text), the
   tone only in the audio, so one modality alone cannot reach more than about 50% accuracy.
 
@@ -36,7 +38,7 @@ TONES = {"low": (220.0, 440.0), "high": (880.0, 1760.0)}
 IMAGE_SIZE = 64
 AUDIO_RATE = 22050
 SPLITS = ("train", "val", "test")
-_VERSION = 2
+_VERSION = 3
 
 
 def _draw(rng: np.random.Generator, shape: str, colour: str, size: str, corner: str) -> Image.Image:
@@ -89,7 +91,8 @@ def _sample(root: Path, split: str, index: int, seed: int) -> dict[str, str]:
         "id": sample_id,
         "image": image_file,
         "audio": f"audio/{sample_id}.wav",
-        "text": f"a {size} {colour} {noun} in the {corner}",
+        "text": f"a {size} {noun}",
+        "caption": f"a {size} {colour} {shape} in the {corner}",
         "label": f"{shape}_{tone}",
     }
 
@@ -110,7 +113,7 @@ def generate_shapes(root: str | Path, sizes: dict[str, int], seed: int = 0) -> P
         return root
     if root.is_dir() and any(root.iterdir()) and not stamp_file.is_file():
         raise MMTrainError(
-            f"data.dataset.root: {root} exists and is not a generated shapes data set "
+            f"data.root: {root} exists and is not a generated shapes data set "
             "(no shapes.json); choose an empty or new folder"
         )
     tmp = root.with_name(f"{root.name}.tmp-{os.getpid()}")

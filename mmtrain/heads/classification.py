@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
@@ -80,9 +82,15 @@ class ClassificationHead(nn.Module):
         outputs: Tensor,
         target: Tensor,
         target_mask: Tensor | None = None,
+        predictions: list[Any] | None = None,
+        references: list[Any] | None = None,
     ) -> None:
-        """Accumulate one batch into ``metrics``."""
+        """Accumulate one batch of logits and class ids into ``metrics``."""
         metrics.update(outputs, target)
+
+    def predict(self, features: Features, outputs: Tensor | None = None) -> list[str | int]:
+        """Decoded predictions; reuses ``outputs`` (the logits) when given."""
+        return self.decode(self(features) if outputs is None else outputs)
 
     def decode(self, outputs: Tensor) -> list[str | int]:
         """Predicted class name per sample (the class id when names are unknown)."""

@@ -12,6 +12,7 @@ from torch import Tensor
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 SPECIALS = (PAD, UNK, BOS, EOS)
 _WORD = re.compile(r"\w+|[^\w\s]")
+_WORD_ONLY = re.compile(r"\w+")
 
 
 class WordTokenizer:
@@ -23,6 +24,7 @@ class WordTokenizer:
     Args:
         max_length: ids kept per text (longer texts are truncated).
         lowercase: lowercase before splitting.
+        strip_punctuation: drop punctuation tokens (the usual for COCO caption targets).
         min_freq: words seen fewer times in training map to ``<unk>``.
         max_vocab: keep at most this many words (plus the specials); None keeps all.
 
@@ -36,6 +38,7 @@ class WordTokenizer:
         self,
         max_length: int = 32,
         lowercase: bool = True,
+        strip_punctuation: bool = False,
         min_freq: int = 1,
         max_vocab: int | None = None,
     ) -> None:
@@ -45,6 +48,7 @@ class WordTokenizer:
             )
         self.max_length = max_length
         self.lowercase = lowercase
+        self.pattern = _WORD_ONLY if strip_punctuation else _WORD
         self.min_freq = min_freq
         self.max_vocab = max_vocab
         self.vocab: list[str] = list(SPECIALS)
@@ -62,7 +66,7 @@ class WordTokenizer:
 
     def split(self, text: str) -> list[str]:
         """Words and punctuation of ``text``."""
-        return _WORD.findall(text.lower() if self.lowercase else text)
+        return self.pattern.findall(text.lower() if self.lowercase else text)
 
     def fit(self, texts: Iterable[str]) -> WordTokenizer:
         """Build the vocabulary from ``texts`` (the training split)."""

@@ -1,0 +1,301 @@
+"""Image-caption data sets: COCO Captions, and Flickr8k / Flickr30k through Karpathy's splits.
+
+Two sources of captions, both read as released (nothing is downloaded or converted):
+
+* the official COCO layout under ``root``: ``annotations/captions_{train,val}{year}.json`` and
+  the images in ``{train,val}{year}/`` (``scripts/download_coco.sh`` fetches COCO 2017);
+* a Karpathy split file (``dataset_coco.json``, ``dataset_flickr8k.json``,
+  ``dataset_flickr30k.json``) that assigns each image to ``train``, ``val``, ``test`` or
+  ``restval`` and lists its sentences.
+
+A training split has one item per (image, caption) pair; ``val`` and ``test`` have one item per
+image, with all of its captions as references for the caption metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from mmtrain.data.io import load_image
+from mmtrain.errors import MMTrainError
+
+SPLITS = ("train", "val", "test")
+YEARS = (2014, 2017)
+FORMATS = ("coco", "flickr8k", "flickr30k")
+NAMES = {"coco": "COCO captions", "flickr8k": "Flickr8k", "flickr30k": "Flickr30k"}
+# The image folders of the real releases ("Flicker" is how the Flickr8k zip spells it).
+IMAGE_DIRS = {"flickr8k": "Flicker8k_Dataset", "flickr30k": "flickr30k-images"}
+LOADABLE = ("image", "caption", "caption_references")
+
+
+@dataclass(frozen=True)
+class CaptionedImage:
+    """One image of a split: its id, its file and its captions (raw, in annotation order)."""
+
+    id: str
+    path: Path
+    captions: tuple[str, ...]
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        with path.open(encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as err:
+        raise MMTrainError(f"{path}: not valid JSON: {err}") from None
+
+
+def _id_key(raw_id: int | str) -> tuple[int, int, str]:
+    """Numeric ids in numeric order, before other ids in string order."""
+    return (0, int(raw_id), "") if str(raw_id).isdigit() else (1, 0, str(raw_id))
+
+
+class CaptionDataset(Dataset):
+    """Images and their captions, from the official COCO layout or a Karpathy split file.
+
+    Items are dicts with ``id`` (the COCO image id, the Karpathy ``cocoid``, or for Flickr the
+    ``imgid`` or else the file name stem) and the requested columns: ``image`` (a PIL RGB image;
+    grayscale and CMYK JPEGs are converted) and ``caption`` (the raw caption, surrounding
+    whitespace stripped). The ``train`` split has one item per (image, caption) pair; ``val``
+    and ``test`` have one item per image whose ``caption`` is its first caption, plus
+    ``caption_references``: all of its captions. Images are sorted by id and captions by
+    annotation id (``sentid`` in a split file); images without captions are skipped.
+
+    COCO has no public test captions, so without a split file ``test`` reads ``val{year}``, the
+    same images as ``val``; use Karpathy's split (``split_file=.../dataset_coco.json``) for a
+    held-out test set. That file names the COCO 2014 files (``val2014/COCO_val2014_*.jpg``);
+    where ``root`` has ``train2017/`` and ``val2017/`` instead, each image is read from the
+    one of them that holds ``<cocoid as 12 digits>.jpg``.
+
+    Args:
+        root: the data folder: for COCO the one with ``annotations/`` and ``train2017/``
+            (or ``train2014/``), for Flickr the one with the images folder.
+        split: ``train``, ``val`` or ``test``.
+        columns: the columns to load (set by the data module); None loads all.
+        year: the COCO release of the official layout, 2014 or 2017.
+        split_file: a Karpathy split file; required for Flickr, where it defaults to
+            ``root/dataset_flickr8k.json`` / ``root/dataset_flickr30k.json``.
+        restval: with a split file, train on the ``restval`` images too.
+        format: ``coco``, ``flickr8k`` or ``flickr30k``.
+        image_dir: with a split file, the images folder under ``root`` (default: the entry's
+            ``filepath`` for COCO, ``Flicker8k_Dataset`` and ``flickr30k-images`` for Flickr).
+
+    Raises:
+        ValueError: for an unknown split, year or format, or ``image_dir`` without a split file.
+        MMTrainError: for a missing root, annotation file, split file or image folder, or a
+            file that is not in the expected layout.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        split: str,
+        columns: list[str] | None = None,
+        year: int = 2017,
+        split_file: str | None = None,
+        restval: bool = True,
+        format: str = "coco",
+        image_dir: str | None = None,
+    ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if year not in YEARS:
+            raise ValueError(f"year must be one of {YEARS}, got {year!r}")
+        if format not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+        if format != "coco" and split_file is None:
+            split_file = str(Path(root) / f"dataset_{format}.json")
+        if image_dir is not None and split_file is None:
+            raise ValueError(
+                f"image_dir={image_dir!r} needs a split_file: the official COCO layout reads "
+                f"train{year}/ and val{year}/"
+            )
+        self.root, self.split, self.year, self.format = Path(root), split, year, format
+        self.train = split == "train"
+        if not self.root.is_dir():
+            raise MMTrainError(
+                f"{NAMES[format]} not found: data.root={self.root} is not a folder "
+                f"({self._root_hint()})"
+            )
+        if split_file is None:
+            self.source = self.root / "annotations" / f"captions_{self._folder()}.json"
+            self.images = self._read_official()
+        else:
+            self.source = Path(split_file)
+            self.images = self._read_split_file(restval, image_dir)
+        # (image index, caption index): every pair in training, the first caption otherwise.
+        self.index = [
+            (i, j)
+            for i, image in enumerate(self.images)
+            for j in range(len(image.captions) if self.train else 1)
+        ]
+        self.columns = ["caption", "image"]
+        self.load = ["image", "caption"] if columns is None else list(columns)
+
+    def _folder(self) -> str:
+        return f"{'train' if self.train else 'val'}{self.year}"
+
+    def _root_hint(self) -> str:
+        if self.format == "coco":
+            return (
+                f"set data.root=<folder with annotations/ and train{self.year}/>; "
+                "scripts/download_coco.sh fetches it"
+            )
+        return f"set data.root=<folder with {IMAGE_DIRS[self.format]}/>"
+
+    def _read_official(self) -> list[CaptionedImage]:
+        if not self.source.is_file():
+            raise MMTrainError(
+                f"COCO captions not found: expected {self.source} ({self._root_hint()})"
+            )
+        folder = self.root / self._folder()
+        if not folder.is_dir():
+            raise MMTrainError(
+                f"COCO images not found: expected the folder {folder} for {self.source.name} "
+                f"({self._root_hint()})"
+            )
+        data = _read_json(self.source)
+        try:
+            files = {int(image["id"]): str(image["file_name"]) for image in data["images"]}
+            annotations = sorted(
+                (int(a["image_id"]), int(a["id"]), str(a["caption"])) for a in data["annotations"]
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise MMTrainError(
+                f"{self.source}: not the official COCO captions JSON ({type(err).__name__}: "
+                f"{err}); expected images[] with id/file_name and annotations[] with "
+                "id/image_id/caption"
+            ) from None
+        captions: dict[int, list[str]] = {}  # sorted by image id, then annotation id
+        for image_id, annotation_id, caption in annotations:
+            if image_id not in files:
+                raise MMTrainError(
+                    f"{self.source}: annotation {annotation_id} is of image_id {image_id}, "
+                    "which is not in images[]"
+                )
+            captions.setdefault(image_id, []).append(caption.strip())
+        return [
+            CaptionedImage(str(i), folder / files[i], tuple(caps)) for i, caps in captions.items()
+        ]
+
+    def _read_split_file(self, restval: bool, image_dir: str | None) -> list[CaptionedImage]:
+        if not self.source.is_file():
+            raise MMTrainError(
+                f"Karpathy split file not found: expected {self.source} (set "
+                f"data.dataset.split_file=<path to dataset_{self.format}.json>)"
+            )
+        wanted = {self.split} | ({"restval"} if self.train and restval else set())
+        data = _read_json(self.source)
+        images: list[tuple[tuple[int, int, str], CaptionedImage]] = []
+        try:
+            for entry in data["images"]:
+                if entry["split"] not in wanted:
+                    continue
+                sentences = entry["sentences"]
+                if all("sentid" in s for s in sentences):
+                    sentences = sorted(sentences, key=lambda s: int(s["sentid"]))
+                captions = tuple(str(s["raw"]).strip() for s in sentences)
+                if not captions:
+                    continue
+                filename = str(entry["filename"])
+                raw_id = entry.get("cocoid", entry.get("imgid", Path(filename).stem))
+                folder = image_dir or entry.get("filepath") or IMAGE_DIRS.get(self.format)
+                if folder is None:
+                    raise MMTrainError(
+                        f"{self.source}: image {filename} has no filepath; set "
+                        "data.dataset.image_dir=<its folder under data.root>"
+                    )
+                path = self.root / folder / filename
+                images.append((_id_key(raw_id), CaptionedImage(str(raw_id), path, captions)))
+        except MMTrainError:
+            raise
+        except (KeyError, TypeError, ValueError) as err:
+            raise MMTrainError(
+                f"{self.source}: not a Karpathy split file ({type(err).__name__}: {err}); "
+                "expected images[] with filename/split/sentences[].raw"
+            ) from None
+        images.sort(key=lambda pair: pair[0])
+        return self._check_folders([image for _, image in images], image_dir)
+
+    def _check_folders(
+        self, images: list[CaptionedImage], image_dir: str | None
+    ) -> list[CaptionedImage]:
+        """Fail early for a missing images folder; map COCO 2014 names onto a 2017 layout."""
+        train17, val17 = self.root / "train2017", self.root / "val2017"
+        in_val17: set[str] | None = None
+        is_dir: dict[Path, bool] = {}
+        checked: list[CaptionedImage] = []
+        for image in images:
+            folder = image.path.parent
+            if folder not in is_dir:  # one stat a folder, not one an image
+                is_dir[folder] = folder.is_dir()
+            if is_dir[folder]:
+                checked.append(image)
+                continue
+            if self.format == "coco" and image_dir is None and image.id.isdigit():
+                if in_val17 is None and train17.is_dir() and val17.is_dir():
+                    in_val17 = set(os.listdir(val17))
+                if in_val17 is not None:
+                    name = f"{int(image.id):012d}.jpg"
+                    path = (val17 if name in in_val17 else train17) / name
+                    checked.append(CaptionedImage(image.id, path, image.captions))
+                    continue
+            hint = (
+                f"set data.root=<folder with {folder.name}/>"
+                if image_dir is None
+                else "set data.root= and data.dataset.image_dir="
+            )
+            raise MMTrainError(
+                f"{NAMES[self.format]} images not found: expected the folder {folder} for "
+                f"{self.source.name} ({hint})"
+            )
+        return checked
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def values(self, column: str) -> list[Any]:
+        """All values of a column over the split.
+
+        ``caption`` gives every caption of the split (of every image, also in ``val`` and
+        ``test``), e.g. to build a vocabulary; ``image`` the image path of each item;
+        ``caption_references`` the caption list of each item.
+
+        Raises:
+            MMTrainError: for a column this data does not have.
+        """
+        if column == "caption":
+            return [caption for image in self.images for caption in image.captions]
+        if column == "image":
+            return [str(self.images[i].path) for i, _ in self.index]
+        if column == "caption_references":
+            return [list(self.images[i].captions) for i, _ in self.index]
+        raise MMTrainError(f"{self.source}: no column {column!r}; the data has {self.columns}")
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image_index, caption_index = self.index[index]
+        image = self.images[image_index]
+        item: dict[str, Any] = {"id": image.id}
+        for column in self.load:
+            if column == "image":
+                try:
+                    item["image"] = load_image(image.path)
+                except MMTrainError as err:
+                    raise MMTrainError(f"{self.source.name}: image {image.id}: {err}") from None
+            elif column == "caption":
+                item["caption"] = image.captions[caption_index]
+                if not self.train:
+                    item["caption_references"] = list(image.captions)
+            elif column == "caption_references":
+                item["caption_references"] = list(image.captions)
+            else:
+                raise MMTrainError(
+                    f"{self.source.name}: no column {column!r}; the data has {self.columns}"
+                )
+        return item

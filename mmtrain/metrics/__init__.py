@@ -1,0 +1,1 @@
+"""Metrics that torchmetrics lacks: image-captioning scores (BLEU, ROUGE-L, CIDEr-D)."""
