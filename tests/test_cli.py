@@ -397,7 +397,7 @@ def test_checkpoint_carries_config_and_data_state(fitted):
     stored = yaml.safe_load(ckpt["mmtrain"]["config"])
     assert stored["data"]["dataset"]["num_train"] == 24 and "fusion" in stored
     data = ckpt["mmtrain"]["data"]
-    assert data["vocab"][:4] == ["<pad>", "<unk>", "<bos>", "<eos>"]
+    assert data["text"]["vocab"][:4] == ["<pad>", "<unk>", "<bos>", "<eos>"]
     assert len(data["class_names"]["label"]) >= 2
 
 

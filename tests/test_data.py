@@ -365,7 +365,8 @@ def test_state_dict_round_trip(compose_config, tiny_data, tmp_path):
     fitted = build_datamodule(cfg)
     fitted.setup("fit")
     state = fitted.state_dict()
-    assert state["vocab"][:4] == ["<pad>", "<unk>", "<bos>", "<eos>"] and len(state["vocab"]) > 4
+    vocab = state["text"]["vocab"]
+    assert vocab[:4] == ["<pad>", "<unk>", "<bos>", "<eos>"] and len(vocab) > 4
     assert state["class_names"]["label"] == sorted(state["class_names"]["label"])
     # Plain types: loadable with weights_only=True (in a checkpoint) and as JSON.
     torch.save(state, tmp_path / "state.pt")
@@ -385,9 +386,9 @@ def test_state_dict_round_trip(compose_config, tiny_data, tmp_path):
 
     # A restored state is used as is, not rebuilt from the data.
     shuffled = {
-        "vocab": state["vocab"][:4] + state["vocab"][4:][::-1],
+        "text": {"vocab": vocab[:4] + vocab[4:][::-1]},
         "class_names": {"label": state["class_names"]["label"][::-1]},
-        "target_vocabs": {"caption": state["target_vocabs"]["caption"][:4] + ["x"]},
+        "targets": {"caption": {"vocab": state["targets"]["caption"]["vocab"][:4] + ["x"]}},
     }
     other = build_datamodule(cfg)
     other.load_state_dict(shuffled)

@@ -155,22 +155,23 @@ class MultimodalDataModule(pl.LightningDataModule):
         return all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in values)
 
     def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint must carry to rebuild the model: vocabulary and class names."""
+        """What a checkpoint must carry to rebuild the model, as plain types: the text input's
+        tokenizer state, the class names and the text targets' tokenizer states."""
         tokenizer = self.transforms["text"]
         return {
-            "vocab": list(tokenizer.vocab) if tokenizer is not None and tokenizer.fitted else None,
+            "text": tokenizer.state_dict() if tokenizer is not None and tokenizer.fitted else None,
             "class_names": {k: list(v) for k, v in self.class_names.items()},
-            "target_vocabs": {k: list(t.vocab) for k, t in self.tokenizers.items() if t.fitted},
+            "targets": {k: t.state_dict() for k, t in self.tokenizers.items() if t.fitted},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Use a saved vocabulary and class names instead of building them."""
-        if state.get("vocab") and self.transforms["text"] is not None:
-            self.transforms["text"].set_vocab(state["vocab"])
+        if state.get("text") and self.transforms["text"] is not None:
+            self.transforms["text"].load_state_dict(state["text"])
         self.class_names.update({k: list(v) for k, v in state.get("class_names", {}).items()})
-        for task, vocab in (state.get("target_vocabs") or {}).items():
+        for task, tokenizer_state in (state.get("targets") or {}).items():
             if task in self.tokenizers:
-                self.tokenizers[task].set_vocab(vocab)
+                self.tokenizers[task].load_state_dict(tokenizer_state)
 
     # ---- what build.py wires into the model -----------------------------------------------
     def facts(self) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -90,6 +91,14 @@ class WordTokenizer:
             raise ValueError(f"a vocabulary must start with {list(SPECIALS)}, got {vocab[:4]}")
         self.vocab = list(vocab)
         self._index = {w: i for i, w in enumerate(self.vocab)}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The vocabulary, as plain types (saved in checkpoints and data_state.json)."""
+        return {"vocab": list(self.vocab)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.set_vocab(list(state["vocab"]))
 
     def encode(self, text: str, add_special: bool = False) -> Tensor:
         """Ids of ``text`` as a 1-D long tensor, truncated to ``max_length``.
