@@ -130,7 +130,8 @@ def compose_config() -> Callable[..., DictConfig]:
 def _image(batch_size: int, facts: dict[str, Any], g: Any) -> dict[str, Any]:
     import torch
 
-    return {"image": torch.randn(batch_size, 3, 64, 64, generator=g)}
+    size = facts.get("image_size", 64)
+    return {"image": torch.randn(batch_size, 3, size, size, generator=g)}
 
 
 def _lengths(batch_size: int, full: int, short: int) -> list[int]:

@@ -91,6 +91,8 @@ def test_model_option_trains_one_step(group, option, compose_config, synth_batch
     cfg = compose_config(_override(compose_config, group, option))
     module = build_module(cfg, synth_facts)
     modalities, tasks = list(cfg.encoder), list(cfg.head)
+    # Encoders with a fixed input size (ViT) say so in their config.
+    synth_facts["image_size"] = cfg.encoder.get("image", {}).get("image_size", 64)
     batch = synth_batch(modalities, tasks, synth_facts)
 
     module.train()

@@ -272,3 +272,43 @@ def test_resnet_freeze_keeps_trunk_fixed():
     assert out.tokens.shape == (1, 4, 512) and not out.tokens.requires_grad
     with pytest.raises(ValueError, match="arch must be one of"):
         ResNetEncoder("resnet9")
+
+
+# ---- pretrained torchvision weights: read from the local cache, never downloaded ---------------
+def test_pretrained_weights_missing_is_a_clear_error(tmp_path, monkeypatch):
+    from mmtrain.encoders.image import ResNetEncoder, ViTEncoder
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(ValueError, match=r"resnet18 not found at .*checkpoints/resnet18-.*\.pth"):
+        ResNetEncoder("resnet18", pretrained=True)
+    with pytest.raises(ValueError, match="image_size=224"):
+        ViTEncoder("vit_b_16", pretrained=True, image_size=64)
+
+
+def test_pretrained_weights_are_loaded_from_the_cache(tmp_path, monkeypatch):
+    from urllib.parse import urlparse
+
+    import torchvision
+
+    from mmtrain.encoders.image import ResNetEncoder
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    url = torchvision.models.get_model_weights("resnet18").DEFAULT.url
+    file = tmp_path / "checkpoints" / urlparse(url).path.split("/")[-1]
+    file.parent.mkdir()
+    torch.manual_seed(123)
+    reference = torchvision.models.resnet18()
+    torch.save(reference.state_dict(), file)
+
+    encoder = ResNetEncoder("resnet18", pretrained=True)
+    assert torch.equal(encoder.trunk[0].weight, reference.conv1.weight)
+    assert torch.equal(encoder.trunk[-1][-1].bn2.running_var, reference.layer4[-1].bn2.running_var)
+
+
+def test_vit_gives_class_and_patch_tokens():
+    from mmtrain.encoders.image import ViTEncoder
+
+    torch.manual_seed(0)
+    encoder = ViTEncoder("vit_b_32", image_size=64).eval()
+    out = encoder(torch.randn(2, 3, 64, 64))
+    assert out.tokens.shape == (2, 1 + (64 // 32) ** 2, 768) and out.mask is None

@@ -2,11 +2,53 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from urllib.parse import urlparse
+
 import torch
 import torchvision
 from torch import Tensor, nn
 
 from mmtrain.contracts import Features
+
+
+def pretrained_state(arch: str) -> dict[str, Tensor]:
+    """torchvision's default ImageNet weights of ``arch``, from the local torch hub cache only.
+
+    Nothing is downloaded at run time: the file must already be in
+    ``<torch.hub.get_dir()>/checkpoints/`` (where torchvision puts it when it downloads). It is
+    read with ``weights_only=True``.
+
+    Raises:
+        ValueError: naming the expected file and how to get it, if it is not there.
+    """
+    weights = torchvision.models.get_model_weights(arch).DEFAULT
+    file = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+    if not file.is_file():
+        raise ValueError(
+            f"pretrained weights for {arch} not found at {file}; fetch them once on a machine "
+            f'with internet (python -c "import torchvision; torchvision.models.get_model('
+            f"'{arch}', weights='DEFAULT')\") and copy the file there, or set pretrained=false"
+        )
+    return torch.load(file, map_location="cpu", weights_only=True)
+
+
+class _TorchvisionTrunk(nn.Module):
+    """Freezing shared by the torchvision encoders: a frozen trunk stays in eval mode."""
+
+    trunk: nn.Module
+    freeze: bool
+
+    def train(self, mode: bool = True) -> _TorchvisionTrunk:
+        """Keep a frozen trunk in eval mode so its BatchNorm statistics and dropout stay off."""
+        super().train(mode)
+        if self.freeze:
+            self.trunk.eval()
+        return self
+
+    def _run(self, x: Tensor) -> Tensor:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
+            return self.trunk(x)
 
 
 def _grid_to_tokens(grid: Tensor) -> Features:
@@ -51,12 +93,13 @@ class SmallCNNEncoder(nn.Module):
         return Features(self.dropout(tokens), None)
 
 
-class ResNetEncoder(nn.Module):
+class ResNetEncoder(_TorchvisionTrunk):
     """A torchvision ResNet trunk (no pooling, no classifier) giving 2-D grid tokens.
 
     Args:
         arch: torchvision model name, ``resnet18``, ``resnet34`` or ``resnet50``.
-        pretrained: load torchvision's ImageNet weights (downloads them once; off by default).
+        pretrained: load torchvision's ImageNet weights from the local torch hub cache (see
+            :func:`pretrained_state`; nothing is downloaded); off by default.
         freeze: keep the trunk's weights (and BatchNorm statistics) fixed.
 
     Raises:
@@ -69,23 +112,72 @@ class ResNetEncoder(nn.Module):
         super().__init__()
         if arch not in self._ARCHS:
             raise ValueError(f"arch must be one of {sorted(self._ARCHS)}, got {arch!r}")
-        weights = "DEFAULT" if pretrained else None
-        net = torchvision.models.get_model(arch, weights=weights)
+        net = torchvision.models.get_model(arch, weights=None)
+        if pretrained:
+            net.load_state_dict(pretrained_state(arch))
         self.trunk = nn.Sequential(*list(net.children())[:-2])  # drop avgpool and fc
         self.out_dim = self._ARCHS[arch]
         self.freeze = freeze
         if freeze:
             self.trunk.requires_grad_(False)
 
-    def train(self, mode: bool = True) -> ResNetEncoder:
-        """Keep a frozen trunk in eval mode so its BatchNorm statistics stay fixed."""
-        super().train(mode)
-        if self.freeze:
-            self.trunk.eval()
-        return self
-
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Features:
         """Encode images; ``mask`` is unused."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
-            grid = self.trunk(x)  # (B, D, H/32, W/32)
-        return _grid_to_tokens(grid)
+        return _grid_to_tokens(self._run(x))  # (B, D, H/32, W/32) -> (B, HW/1024, D)
+
+
+class _ViTTokens(nn.Module):
+    """A torchvision VisionTransformer without its classifier: every output token."""
+
+    def __init__(self, vit: nn.Module) -> None:
+        super().__init__()
+        vit.heads = nn.Identity()  # the ImageNet classifier is not used
+        self.vit = vit
+
+    def forward(self, x: Tensor) -> Tensor:
+        tokens = self.vit._process_input(x)  # (B, N, D) patch embeddings
+        cls = self.vit.class_token.expand(x.shape[0], -1, -1)
+        return self.vit.encoder(torch.cat([cls, tokens], dim=1))  # (B, 1 + N, D)
+
+
+class ViTEncoder(_TorchvisionTrunk):
+    """A torchvision Vision Transformer (ViT-B/16 by default): the class token and one token per
+    16x16 patch.
+
+    Args:
+        arch: ``vit_b_16``, ``vit_b_32``, ``vit_l_16`` or ``vit_l_32``.
+        pretrained: load torchvision's ImageNet weights from the local torch hub cache
+            (needs ``image_size=224``; nothing is downloaded); off by default.
+        freeze: keep the weights fixed (and dropout off).
+        image_size: input height and width (``data.image.size`` must match).
+
+    Raises:
+        ValueError: for an unknown arch, or pretrained weights at another image size.
+    """
+
+    _ARCHS = {"vit_b_16": 768, "vit_b_32": 768, "vit_l_16": 1024, "vit_l_32": 1024}
+
+    def __init__(
+        self,
+        arch: str = "vit_b_16",
+        pretrained: bool = False,
+        freeze: bool = False,
+        image_size: int = 224,
+    ) -> None:
+        super().__init__()
+        if arch not in self._ARCHS:
+            raise ValueError(f"arch must be one of {sorted(self._ARCHS)}, got {arch!r}")
+        if pretrained and image_size != 224:
+            raise ValueError(f"pretrained {arch} weights are for image_size=224, got {image_size}")
+        net = torchvision.models.get_model(arch, weights=None, image_size=image_size)
+        if pretrained:
+            net.load_state_dict(pretrained_state(arch))
+        self.trunk = _ViTTokens(net)
+        self.out_dim = self._ARCHS[arch]
+        self.freeze = freeze
+        if freeze:
+            self.trunk.requires_grad_(False)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Features:
+        """Encode images ``(B, 3, S, S)`` into ``(B, 1 + (S/16)^2, D)`` tokens."""
+        return Features(self._run(x), None)
