@@ -28,8 +28,9 @@ _PARALLELISM = "TOKENIZERS_PARALLELISM"
 def _single_threaded() -> Iterator[None]:
     """Train without the library's thread pool, unless the user set ``TOKENIZERS_PARALLELISM``.
 
-    Once the pool has run, every forked DataLoader worker prints a "disabling parallelism to
-    avoid deadlocks" warning; training on captions is fast enough on one thread.
+    DataLoader workers fork the process; forking after the pool has run is what the library's
+    "disabling parallelism to avoid deadlocks" warning (printed once per worker by older
+    versions) is about. One thread trains on COCO's captions in about 15 s.
     """
     if _PARALLELISM in os.environ:
         yield
@@ -59,8 +60,9 @@ class BPETokenizer:
         lowercase: lowercase before splitting.
         strip_punctuation: drop punctuation (keep only ``\\w+`` runs, as ``WordTokenizer``).
         min_frequency: a pair of symbols is merged only if seen this many times in training.
-        min_freq: alias of ``min_frequency`` (``WordTokenizer``'s name), so a config swapping
-            the ``_target_`` of a word tokenizer node composes; None uses ``min_frequency``.
+        min_freq: alias of ``min_frequency`` (``WordTokenizer``'s name), so that a word
+            tokenizer's config node composes with only its ``_target_`` swapped; when set, it
+            is used (a different non-default ``min_frequency`` is an error).
 
     Raises:
         ValueError: for ``vocab_size`` below 260, a non-positive ``max_length`` or minimum
@@ -90,8 +92,7 @@ class BPETokenizer:
             )
         if max_length <= 0 or min_frequency <= 0:
             raise ValueError(
-                f"max_length and min_frequency must be positive, got {max_length}, "
-                f"{min_frequency}"
+                f"max_length and min_frequency must be positive, got {max_length}, {min_frequency}"
             )
         self.target_vocab_size = vocab_size
         self.max_length = max_length
@@ -127,7 +128,13 @@ class BPETokenizer:
         return " ".join(self.split(text))
 
     def fit(self, texts: Iterable[str]) -> BPETokenizer:
-        """Train the BPE model on ``texts`` (the training split).
+        """Train the BPE model on ``texts`` (the training split), after normalising them.
+
+        Args:
+            texts: the training strings.
+
+        Returns:
+            This tokenizer, fitted.
 
         Raises:
             ValueError: if ``texts`` hold no word at all.
@@ -157,24 +164,27 @@ class BPETokenizer:
         self._tokenizer, self._vocab = tokenizer, vocab
 
     def state_dict(self) -> dict[str, Any]:
-        """The trained model (the library's JSON) and the normalisation, as plain types."""
-        if self._tokenizer is None:
-            raise RuntimeError("BPETokenizer has no state before fit() or load_state_dict()")
+        """The trained model (the library's JSON; None before :meth:`fit`) and the text
+        normalisation, as plain types (saved in checkpoints and data_state.json)."""
         return {
-            "tokenizer": self._tokenizer.to_str(),
+            "tokenizer": None if self._tokenizer is None else self._tokenizer.to_str(),
             "lowercase": self.lowercase,
             "strip_punctuation": self.strip_punctuation,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`: the saved model and normalisation replace this one's.
+        """Restore :meth:`state_dict`: the saved model and normalisation replace this one's
+        (they decide the ids); ``max_length`` stays as configured.
 
         Raises:
             ValueError: if the saved vocabulary does not start with the four specials.
         """
         self.lowercase = bool(state.get("lowercase", self.lowercase))
         self.strip_punctuation = bool(state.get("strip_punctuation", self.strip_punctuation))
-        self._use(Tokenizer.from_str(state["tokenizer"]))
+        if state.get("tokenizer") is None:
+            self._tokenizer, self._vocab = None, list(SPECIALS)
+        else:
+            self._use(Tokenizer.from_str(state["tokenizer"]))
 
     # Pickled (DataLoader workers under spawn) through the same plain state as checkpoints.
     def __getstate__(self) -> dict[str, Any]:
@@ -207,7 +217,11 @@ class BPETokenizer:
         return torch.tensor(ids[: self.max_length], dtype=torch.long)
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Text of ``ids``, stopping at ``<eos>`` and skipping specials and unknown ids."""
+        """Text of ``ids``, stopping at ``<eos>`` and skipping specials and unknown ids.
+
+        Pieces re-join into the words they came from (``Ġ`` is a space), so the ids of a text
+        decode to :meth:`normalize` of it.
+        """
         kept = []
         for i in ids:
             if i == self.eos_id:
@@ -216,5 +230,7 @@ class BPETokenizer:
                 kept.append(int(i))
         if not kept or self._tokenizer is None:
             return ""
-        # Byte-level pieces re-join into words; the first piece's leading space is dropped.
-        return self._tokenizer.decode(kept, skip_special_tokens=True).strip()
+        text = self._tokenizer.decode(kept, skip_special_tokens=True)
+        # Generated ids may end mid-character: drop the bytes that are not UTF-8 (decoded as
+        # U+FFFD) rather than show them. The first word's leading space goes too.
+        return text.replace("\ufffd", "").strip()
