@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: install install-dev fit test test-slow lint format clean
+.PHONY: install install-dev fit test test-slow lint format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ test-slow: install-dev                 ## only the slow tests
 lint: install-dev                      ## ruff lint and format check
 	$(BIN)/ruff check mmtrain tests scripts
 	$(BIN)/ruff format --check mmtrain tests scripts
+
+bench: install                         ## captioning benchmark on this machine (make bench ARGS="--quick")
+	$(BIN)/python scripts/bench_caption.py $(ARGS)
 
 format: install-dev
 	$(BIN)/ruff check --fix mmtrain tests scripts
