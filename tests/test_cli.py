@@ -19,16 +19,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import QUIET, TINY_DATA
 
 from mmtrain.cli import STAGES, config_dir
 
-TINY_DATA = [
-    "data.dataset.num_train=24",
-    "data.dataset.num_val=8",
-    "data.dataset.num_test=8",
-    "data.batch_size=4",
-]
-QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 HEAVY_MODULES = (
     "torch",
     "pytorch_lightning",

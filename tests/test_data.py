@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import TINY_DATA
 from PIL import Image
 
 from mmtrain.build import build_datamodule
@@ -22,13 +23,6 @@ from mmtrain.data.manifest import ManifestDataset
 from mmtrain.data.shapes import ShapesDataset, generate_shapes
 from mmtrain.data.transforms import AudioTransform, ImageTransform, WordTokenizer
 from mmtrain.errors import MMTrainError
-
-TINY_DATA = [
-    "data.dataset.num_train=24",
-    "data.dataset.num_val=8",
-    "data.dataset.num_test=8",
-    "data.batch_size=4",
-]
 
 
 # ---- collate -----------------------------------------------------------------------------------

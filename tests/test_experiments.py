@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import QUIET
 from omegaconf import OmegaConf
 from test_coco_data import write_coco
 
@@ -45,7 +46,6 @@ TINY_DATA: dict[str, Callable[[Path], list[str]]] = {
     ],
     "mmtrain.data.coco.CaptionDataset": _tiny_coco,
 }
-QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 
 
 def test_there_are_experiments():

@@ -5,19 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import QUIET, TINY_DATA
 from omegaconf import OmegaConf
 
 from mmtrain.cli import config_dir
 from mmtrain.errors import MMTrainError
 from mmtrain.run import config_from_checkpoint, run
 
-TINY_DATA = [
-    "data.dataset.num_train=24",
-    "data.dataset.num_val=8",
-    "data.dataset.num_test=8",
-    "data.batch_size=4",
-]
-QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 # One short epoch: 4 training steps, 2 validation batches, checkpoints written.
 SHORT = ["debug=limit", "trainer.max_epochs=1", "trainer.log_every_n_steps=1", *TINY_DATA, *QUIET]
 
