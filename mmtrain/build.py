@@ -78,6 +78,13 @@ def build_module(
     heads = {}
     for task, node in cfg.head.items():
         wired = _wired(node, head_facts(facts, task))
+        params = inspect.signature(get_object(node._target_)).parameters
+        if "tokenizer" in params and "tokenizer" not in wired and "tokenizer" not in node:
+            raise MMTrainError(
+                f"head/{task} generates text and needs a tokenizer for its target: set "
+                f"data.tokenizers.{task} (e.g. +data.tokenizers.{task}._target_="
+                "mmtrain.data.transforms.WordTokenizer)"
+            )
         heads[task] = safe_instantiate(
             node, f"head.{task}", extra, in_dim=int(fusion.out_dim), **wired
         )

@@ -225,3 +225,12 @@ def _label_weight(cfg, synth_facts) -> float:
 def test_loss_weight_override_with_plus(compose_config, synth_facts):
     cfg = compose_config("+loss_weighting.weights.label=2.0")
     assert _label_weight(cfg, synth_facts) == 2.0
+
+
+def test_caption_head_without_a_tokenizer_is_a_clear_error(compose_config, synth_facts):
+    from mmtrain.errors import MMTrainError
+
+    cfg = compose_config()
+    del synth_facts["tokenizers"]
+    with pytest.raises(MMTrainError, match=r"head/caption .* set data.tokenizers.caption"):
+        build_module(cfg, synth_facts)
