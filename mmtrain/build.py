@@ -93,7 +93,12 @@ def build_module(
     scheduler = (
         safe_instantiate(cfg.scheduler, "scheduler", extra) if cfg.get("scheduler") else None
     )
-    return MultimodalModule(encoders, fusion, heads, weighting, optimizer, scheduler, config_yaml)
+    # The module's own options (modality dropout...) come from the `model` node when present.
+    module = safe_instantiate(cfg.model, "model", extra) if cfg.get("model") else MultimodalModule
+    try:
+        return module(encoders, fusion, heads, weighting, optimizer, scheduler, config_yaml)
+    except ValueError as err:  # the module's own options, e.g. model.modality_dropout
+        raise MMTrainError(f"model: {err}") from None
 
 
 def build_trainer(cfg: DictConfig) -> pl.Trainer:

@@ -28,6 +28,12 @@ class MultimodalModule(pl.LightningModule):
         scheduler: ``scheduler(optimizer) -> LRScheduler`` or None; stepped every step. A
             ``T_max`` or ``total_steps`` argument it leaves open is set to the run's steps.
         config_yaml: the composed config, saved in every checkpoint.
+        modality_dropout: in training, the probability that a sample loses a modality (its
+            features are fully masked, which every fusion accepts); a sample always keeps at
+            least one modality.
+
+    Attributes:
+        without: modalities left out of evaluation (robustness tests set it), as if absent.
     """
 
     def __init__(
@@ -39,8 +45,13 @@ class MultimodalModule(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
         config_yaml: str | None = None,
+        modality_dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= modality_dropout < 1.0:
+            raise ValueError(f"modality_dropout must be in [0, 1), got {modality_dropout}")
+        self.modality_dropout = modality_dropout
+        self.without: frozenset[str] = frozenset()
         self.encoders = nn.ModuleDict(encoders)
         self.fusion = fusion
         self.heads = nn.ModuleDict(heads)
@@ -60,13 +71,36 @@ class MultimodalModule(pl.LightningModule):
         self.predictions: list[dict[str, Any]] = []
 
     def forward(self, batch: Batch) -> Features:
-        """Encode the modalities present in ``batch`` and fuse them."""
+        """Encode the modalities present in ``batch`` (less ``without``) and fuse them."""
         features = {
             m: enc(batch[m], batch.get(f"{m}_mask"))
             for m, enc in self.encoders.items()
-            if m in batch
+            if m in batch and m not in self.without
         }
+        if self.training and self.modality_dropout > 0 and len(features) > 1:
+            features = self._drop_modalities(features)
         return self.fusion(features)
+
+    def _drop_modalities(self, features: dict[str, Features]) -> dict[str, Features]:
+        """Mask out whole modalities of random samples, keeping one per sample at least."""
+        first = next(iter(features.values())).tokens
+        batch_size, count = first.shape[0], len(features)
+        keep = torch.rand(batch_size, count, device=first.device) >= self.modality_dropout
+        # A sample that lost everything gets one random modality back.
+        rescue = torch.randint(count, (batch_size,), device=first.device)
+        keep[~keep.any(dim=1), rescue[~keep.any(dim=1)]] = True
+        out = {}
+        for i, (m, f) in enumerate(features.items()):
+            mask = (
+                f.mask
+                if f.mask is not None
+                else torch.ones(f.tokens.shape[:2], dtype=torch.bool, device=f.tokens.device)
+            )
+            kept = keep[:, i]  # (B,)
+            out[m] = Features(
+                f.tokens * kept[:, None, None].to(f.tokens.dtype), mask & kept[:, None]
+            )
+        return out
 
     def _step(self, batch: Batch, split: str) -> Tensor:
         fused = self(batch)

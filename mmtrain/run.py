@@ -26,7 +26,17 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 STAGES = ("fit", "validate", "test", "predict")
 # What a checkpoint defines: the model and the data it was trained on (vocabulary, classes).
-MODEL_KEYS = ("data", "encoder", "fusion", "head", "loss_weighting", "optimizer", "scheduler")
+MODEL_KEYS = (
+    "data",
+    "encoder",
+    "fusion",
+    "head",
+    "loss_weighting",
+    "optimizer",
+    "scheduler",
+    "model",
+)
+ROBUSTNESS = (None, "missing")
 INPUT_DATASET = "mmtrain.data.folder.ImageFolderDataset"  # predict ... input=<file or folder>
 
 
@@ -132,6 +142,25 @@ def _metrics(trainer: pl.Trainer, prefixes: tuple[str, ...]) -> dict[str, float]
     }
 
 
+def _without_each_modality(
+    cfg: DictConfig, trainer: pl.Trainer, model: Any, datamodule: Any, split: str
+) -> dict[str, float]:
+    """With ``robustness=missing``: evaluate again with each modality removed in turn.
+
+    Returns ``{"<split>/<task>/<metric>/without_<modality>": value}``.
+    """
+    if cfg.get("robustness") != "missing" or len(model.encoders) < 2:
+        return {}
+    evaluate = trainer.test if split == "test" else trainer.validate
+    out: dict[str, float] = {}
+    for modality in list(model.encoders):
+        model.without = frozenset({modality})
+        evaluate(model, datamodule)
+        out |= {f"{k}/without_{modality}": v for k, v in _metrics(trainer, (f"{split}/",)).items()}
+    model.without = frozenset()
+    return out
+
+
 def run(stage: str, cfg: DictConfig) -> dict[str, float]:
     """Run one stage and write its outputs into ``paths.output_dir``.
 
@@ -147,6 +176,8 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
     """
     if stage not in STAGES:
         raise MMTrainError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+    if cfg.get("robustness") not in ROBUSTNESS:
+        raise MMTrainError(f"robustness={cfg.robustness!r}: choose null or missing")
     ckpt_path = cfg.get("ckpt_path")
     ckpt = load_checkpoint(ckpt_path) if ckpt_path else None
     if stage != "fit" and ckpt is None:
@@ -185,9 +216,13 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
     elif stage == "validate":
         trainer.validate(model, datamodule)
         metrics = _metrics(trainer, ("val/",))
+        metrics |= _without_each_modality(cfg, trainer, model, datamodule, "val")
     elif stage == "test":
         trainer.test(model, datamodule)
         metrics = _metrics(trainer, ("test/",))
+        predictions = model.predictions
+        metrics |= _without_each_modality(cfg, trainer, model, datamodule, "test")
+        model.predictions = predictions  # the predictions of the full model
     else:
         batches = trainer.predict(model, datamodule) or []
         metrics = {}

@@ -75,3 +75,46 @@ def test_config_from_checkpoint_keeps_the_model_and_takes_overrides(compose_conf
     assert sorted(merged.encoder) == ["image", "text"]
     assert merged.data.batch_size == 2  # overridden on this command line
     assert merged.trainer.max_epochs == 1 and merged.paths.output_dir == str(tmp_path)
+
+
+def test_robustness_reports_each_modality_removed(compose_config, tiny_data, tmp_path):
+    run("fit", compose_config(*SHORT, "~head/caption", output_dir=tmp_path / "fit"))
+    ckpt = tmp_path / "fit" / "checkpoints" / "last.ckpt"
+    cfg = compose_config(
+        f"ckpt_path={ckpt}", "robustness=missing", *QUIET, stage="test", output_dir=tmp_path / "t"
+    )
+    metrics = run("test", cfg)
+    full = metrics["test/label/accuracy"]
+    for modality in ("image", "text", "audio"):
+        assert 0.0 <= metrics[f"test/label/accuracy/without_{modality}"] <= 1.0, metrics
+    assert json.loads((tmp_path / "t" / "metrics.json").read_text()) == pytest.approx(metrics)
+    # The predictions written are the full model's, one per test sample.
+    rows = (tmp_path / "t" / "predictions" / "label_test.jsonl").read_text().splitlines()
+    assert len(rows) == 8 and 0.0 <= full <= 1.0
+    with pytest.raises(MMTrainError, match="robustness='sometimes'"):
+        run("test", compose_config(f"ckpt_path={ckpt}", "robustness=sometimes", stage="test"))
+
+
+def test_modality_dropout_masks_whole_modalities(compose_config, synth_batch, synth_facts):
+    import torch
+
+    from mmtrain.build import build_module
+
+    cfg = compose_config("model.modality_dropout=0.5", "fusion=concat")
+    module = build_module(cfg, synth_facts).train()
+    batch = synth_batch(["image", "text", "audio"], ["label"], synth_facts, batch_size=64)
+    seen = []
+    module.fusion.forward = lambda feats: seen.append(feats) or next(iter(feats.values()))
+    torch.manual_seed(0)
+    module(batch)
+    kept = torch.stack([f.mask.any(dim=1) for f in seen[0].values()], dim=1)  # (B, M)
+    assert kept.any(dim=1).all(), "a sample lost every modality"
+    assert 0.3 < 1 - kept.float().mean() < 0.5  # about half, less the rescued ones
+    dropped = seen[0]["image"].tokens[~kept[:, 0]]
+    assert dropped.abs().sum() == 0  # dropped features are zeros as well as masked
+    module.eval()
+    seen.clear()
+    module(batch)
+    assert all(f.mask is None or f.mask.any(dim=1).all() for f in seen[0].values())
+    with pytest.raises(MMTrainError, match=r"modality_dropout must be in \[0, 1\), got 1.0"):
+        build_module(compose_config("model.modality_dropout=1.0"), synth_facts)
