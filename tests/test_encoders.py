@@ -306,7 +306,7 @@ def test_spec_augment_rejects_bad_sizes():
 
 
 def test_spec_augment_is_switched_on_from_the_data_config(compose_config):
-    overrides = ("+data.audio.freq_mask=8", "+data.audio.time_mask=10", "+data.audio.num_masks=2")
+    overrides = ("data.audio.freq_mask=8", "data.audio.time_mask=10", "data.audio.num_masks=2")
     cfg = compose_config(*overrides)
     check_config(cfg)  # the keys bind to AudioTransform's signature
     transform = build_datamodule(cfg).transforms["audio"]
