@@ -190,6 +190,9 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
         with open_dict(cfg):  # the inputs replace the data set; vocabularies stay the checkpoint's
             cfg.data.root = str(cfg.input)
             cfg.data.dataset = {"_target_": INPUT_DATASET, "_partial_": True}
+            for key in ("train", "val", "test"):  # a manifest's split files are not read
+                if key in cfg.data:
+                    cfg.data[key] = None
     check_config(cfg, list(cfg.get("allowed_targets") or []))
 
     pl.seed_everything(cfg.get("seed", 0), workers=True)
@@ -226,6 +229,11 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
     else:
         batches = trainer.predict(model, datamodule) or []
         metrics = {}
+    if getattr(datamodule, "on_error", "raise") == "skip":  # data.on_error=skip: bad samples
+        stage_splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
+        for split in stage_splits.get(stage, ()):
+            if split in datamodule.skipped:
+                metrics[f"{split}/skipped"] = float(datamodule.skipped[split])
     if trainer.is_global_zero:
         _write_json(out_dir / "metrics.json", metrics)
         if stage == "fit":  # the vocabulary and class names, readable without torch

@@ -251,6 +251,7 @@ PRESETS = sorted(
 @pytest.mark.parametrize("override", PRESETS)
 def test_every_preset_passes_the_check(override, compose_config, tmp_path):
     cfg = compose_config(override, output_dir=tmp_path)
-    if OmegaConf.is_missing(cfg.data, "root"):  # data sets on the user's disk: data.root=???
-        cfg.data.root = str(tmp_path)
+    for key in ("root", "train", "val"):  # data on the user's disk: data.root=???, data.train=???
+        if OmegaConf.is_missing(cfg.data, key):
+            cfg.data[key] = str(tmp_path / key)
     check_config(cfg, list(cfg.get("allowed_targets") or []))

@@ -17,6 +17,7 @@ import pytest
 from conftest import QUIET
 from omegaconf import OmegaConf
 from test_coco_data import write_coco
+from test_manifest import write_manifests
 
 from mmtrain.cli import config_dir
 from mmtrain.run import run
@@ -35,6 +36,17 @@ def _tiny_coco(folder: Path) -> list[str]:
     ]
 
 
+def _tiny_manifest(folder: Path) -> list[str]:
+    files = write_manifests(folder / "manifest")
+    return [
+        f"data.train={files['train']}",
+        f"data.val={files['val']}",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "data.image.size=32",
+    ]
+
+
 # data.dataset._target_ -> (folder -> overrides that make it tiny). The shapes data is
 # generated once per session by the `tiny_data` fixture with exactly these sizes.
 TINY_DATA: dict[str, Callable[[Path], list[str]]] = {
@@ -45,6 +57,7 @@ TINY_DATA: dict[str, Callable[[Path], list[str]]] = {
         "data.batch_size=4",
     ],
     "mmtrain.data.coco.CaptionDataset": _tiny_coco,
+    "mmtrain.data.manifest.ManifestDataset": _tiny_manifest,
 }
 
 

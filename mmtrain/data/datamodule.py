@@ -2,31 +2,166 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import inspect
+import logging
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from mmtrain.contracts import Batch
 from mmtrain.data.collate import collate
 from mmtrain.data.transforms import AudioTransform, ImageTransform, WordTokenizer
 from mmtrain.errors import MMTrainError
 
+log = logging.getLogger(__name__)
+
 SPLIT_OF_STAGE = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
+SPLIT_FILES = ("train", "val", "test")
+ON_ERROR = ("raise", "skip")
+BAD_KEY = "_bad_samples"  # collate -> loader: the errors of a batch's bad samples
+_INT = re.compile(r"[+-]?\d+")
+
+
+def class_order(name: str) -> tuple[int, int, str]:
+    """Sort key of class names: integers by value ("2" before "10"), then the rest by string."""
+    return (0, int(name), name) if _INT.fullmatch(name) else (1, 0, name)
+
+
+@dataclass(frozen=True)
+class _BadSample:
+    """A sample whose loading raised an MMTrainError, carried to the main process."""
+
+    index: int
+    error: str
 
 
 class _Transformed(Dataset):
-    """Applies the data module's preprocessing to the raw items of one split."""
+    """Applies the data module's preprocessing to the raw items of one split.
 
-    def __init__(self, raw: Dataset, encode: Callable[[dict[str, Any], bool], dict], train: bool):
+    A sample failing with an :class:`MMTrainError` (bad data) becomes a :class:`_BadSample`
+    whose error names the sample (the data set's ``where(index)``, e.g. ``train.jsonl:7``, is
+    put in front of preprocessing errors): the loader decides, in the main process, whether it
+    stops the run or is skipped. Any other exception (a bug) propagates as it is.
+    """
+
+    def __init__(
+        self, raw: Dataset, encode: Callable[[dict[str, Any], bool], dict], train: bool
+    ) -> None:
         self.raw, self.encode, self.train = raw, encode, train
 
     def __len__(self) -> int:
         return len(self.raw)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.encode(self.raw[index], self.train)
+    def __getitem__(self, index: int) -> dict[str, Any] | _BadSample:
+        try:
+            item = self.raw[index]  # the data set's own errors name the sample
+        except MMTrainError as err:
+            return _BadSample(index, str(err))
+        try:
+            return self.encode(item, self.train)
+        except MMTrainError as err:
+            where = getattr(self.raw, "where", None)
+            return _BadSample(index, f"{where(index)}: {err}" if where else str(err))
+
+
+def collate_checked(items: list[dict[str, Any] | _BadSample]) -> Batch:
+    """:func:`collate` of the good items; the errors of bad ones go under ``BAD_KEY``.
+
+    A batch whose items are all bad is ``{BAD_KEY: [...]}`` alone (no ``id``).
+    """
+    good = [item for item in items if not isinstance(item, _BadSample)]
+    batch = collate(good) if good else {}
+    errors = [item.error for item in items if isinstance(item, _BadSample)]
+    if errors:
+        batch[BAD_KEY] = errors
+    return batch
+
+
+class _BadSamplePolicy:
+    """``data.on_error`` for one split: stop at the first bad sample, or skip within a budget.
+
+    Args:
+        split: the split's name.
+        size: the split's number of samples.
+        on_error: ``raise`` or ``skip``.
+        max_skipped: below 1 a fraction of ``size`` (rounded down), from 1 on a count.
+        totals: ``{split: count}`` of the current or latest pass (``skip`` only).
+    """
+
+    def __init__(
+        self, split: str, size: int, on_error: str, max_skipped: float, totals: dict[str, int]
+    ) -> None:
+        self.split, self.size, self.on_error = split, size, on_error
+        self.max_skipped, self.totals = max_skipped, totals
+        self.budget = int(max_skipped * size) if max_skipped < 1 else int(max_skipped)
+
+    def check(self, count: int, errors: list[str]) -> None:
+        """Raise for a bad sample (``raise``) or once ``count`` exceeds the budget (``skip``).
+
+        Raises:
+            MMTrainError: the sample's own error, or one naming the count and the budget.
+        """
+        if self.on_error == "raise":
+            raise MMTrainError(errors[0])
+        self.totals[self.split] = count  # up to date during the pass, for epoch-end hooks
+        if count > self.budget:
+            raise MMTrainError(
+                f"data.on_error=skip: {count} bad samples in the {self.split} split "
+                f"({self.size} samples), over the budget data.max_skipped={self.max_skipped} "
+                f"({self.budget} samples); the latest: {errors[-1]}"
+            )
+
+    def report(self, count: int, errors: list[str]) -> None:
+        """Record and log the count of a pass (the end of an epoch of the split)."""
+        if self.on_error != "skip":
+            return
+        self.totals[self.split] = count
+        if count:
+            shown = "; ".join(errors[:3]) + ("; ..." if len(errors) > 3 else "")
+            log.warning(
+                "data.on_error=skip: skipped %d of %d samples of the %s split (budget %d): %s",
+                count,
+                self.size,
+                self.split,
+                self.budget,
+                shown,
+            )
+
+
+class _CheckedDataLoader(DataLoader):
+    """A DataLoader (``collate_fn=collate_checked``) that applies ``data.on_error``.
+
+    Bad samples reach this loader as errors in their batch, so the decision is made in the
+    main process: the counts of worker processes add up here, and the error that stops a run
+    is raised as is (not wrapped in a worker traceback). Skipped samples are left out of their
+    batch, and a batch left without samples is not yielded. ``policy`` is an init argument so
+    that Lightning can re-create the loader (distributed samplers, ``overfit_batches``).
+    """
+
+    def __init__(self, *args: Any, policy: _BadSamplePolicy, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.policy = policy
+
+    def __iter__(self) -> Iterator[Batch]:  # type: ignore[override]
+        count, errors = 0, []
+        if self.policy.on_error == "skip":
+            self.policy.totals[self.policy.split] = 0
+        try:
+            for batch in super().__iter__():
+                bad = batch.pop(BAD_KEY, [])
+                if bad:
+                    count += len(bad)
+                    errors += bad
+                    self.policy.check(count, errors)
+                if batch:
+                    yield batch
+        finally:  # the end of the pass, or Lightning stopping early (limit_*_batches)
+            self.policy.report(count, errors)
 
 
 class MultimodalDataModule(pl.LightningDataModule):
@@ -41,11 +176,24 @@ class MultimodalDataModule(pl.LightningDataModule):
     along as ``<task>_references`` (all references of an image when the data set gives them,
     under ``<task>_references``, else the one target string). Other tasks are class labels.
 
+    Bad samples: a sample whose loading raises :class:`MMTrainError` (a missing or unreadable
+    file, a wrong type, an unknown class...) stops the run with that error, which names the
+    sample (``train.jsonl:7: ...``), unless ``on_error="skip"``: then the sample is dropped
+    from its batch (a batch left empty is not yielded), counted, and the count of each pass
+    over a split is logged at its end (a warning with the first errors) and kept in
+    :attr:`skipped`. More than ``max_skipped`` in one pass is an error. Any other exception
+    (a bug, not bad data) always propagates.
+
     Args:
-        dataset: called as ``dataset(split=..., columns=..., root=...)`` for each split; a class
-            may offer a static ``prepare_data(**kwargs)`` that writes or downloads files once.
+        dataset: called as ``dataset(split=..., columns=..., root=...)`` for each split, plus
+            ``train=``, ``val=``, ``test=`` where those are set; a class may offer a static
+            ``prepare_data(**kwargs)`` that writes or downloads files once.
         root: the data set's folder (``data.root=...``), handed to ``dataset``; None leaves
             the dataset's own ``root`` (if any) as configured.
+        train: the training split's file (``data=manifest``: a JSONL or CSV manifest), handed
+            to ``dataset``; None leaves the dataset's own.
+        val: the validation split's file, as ``train``.
+        test: the test split's file, as ``train`` (for manifests, None tests on ``val``).
         image: image preprocessing.
         text: the tokenizer for the ``text`` modality.
         tokenizers: ``{task: tokenizer}`` for text targets such as ``caption``.
@@ -56,15 +204,23 @@ class MultimodalDataModule(pl.LightningDataModule):
         num_workers: data-loader worker processes.
         pin_memory: pin host memory; None pins when CUDA is available.
         predict_split: the split that ``mmtrain predict`` runs on.
+        on_error: ``raise`` (stop at the first bad sample) or ``skip`` (drop and count).
+        max_skipped: with ``skip``, the most samples skipped in one pass over a split: below 1
+            a fraction of the split (0.01: 1%, rounded down), from 1 on a number of samples.
 
     Raises:
-        ValueError: for a non-positive batch size or negative worker count.
+        ValueError: for a non-positive batch size, negative worker count, unknown
+            ``on_error``, negative ``max_skipped``, or split files that ``dataset`` does not
+            take.
     """
 
     def __init__(
         self,
         dataset: Callable[..., Dataset],
         root: str | None = None,
+        train: str | None = None,
+        val: str | None = None,
+        test: str | None = None,
         image: ImageTransform | None = None,
         text: WordTokenizer | None = None,
         audio: AudioTransform | None = None,
@@ -75,14 +231,27 @@ class MultimodalDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool | None = None,
         predict_split: str = "test",
+        on_error: Literal["raise", "skip"] = "raise",
+        max_skipped: float = 0.01,
     ) -> None:
         super().__init__()
         if batch_size <= 0 or num_workers < 0:
             raise ValueError(
                 f"need batch_size > 0 and num_workers >= 0, got {batch_size}, {num_workers}"
             )
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        if max_skipped < 0:
+            raise ValueError(f"max_skipped must be >= 0, got {max_skipped}")
         self.dataset_factory = dataset
-        self.root_kwargs = {} if root is None else {"root": str(root)}
+        # root and split files reach every call of dataset(split=..., ...)
+        self.dataset_kwargs = {} if root is None else {"root": str(root)}
+        files = {"train": train, "val": val, "test": test}
+        self.dataset_kwargs.update({k: str(v) for k, v in files.items() if v is not None})
+        self._check_split_files(dataset, [k for k in SPLIT_FILES if k in self.dataset_kwargs])
+        self.on_error = on_error
+        self.max_skipped = max_skipped
+        self.skipped: dict[str, int] = {}  # {split: samples skipped in its current/latest pass}
         self.transforms = {"image": image, "text": text, "audio": audio}
         self.tokenizers = dict(tokenizers or {})
         self.modalities = list(modalities)
@@ -106,53 +275,94 @@ class MultimodalDataModule(pl.LightningDataModule):
         factory = self.dataset_factory
         prepare = getattr(getattr(factory, "func", factory), "prepare_data", None)
         if prepare is not None:
-            prepare(**{**getattr(factory, "keywords", {}), **self.root_kwargs})
+            root = {k: v for k, v in self.dataset_kwargs.items() if k == "root"}
+            prepare(**{**getattr(factory, "keywords", {}), **root})
 
     def setup(self, stage: str | None = None) -> None:
         """Open the splits of ``stage`` (all when None) and build vocabulary and classes."""
         if stage == "predict":  # inputs only; vocabularies and classes come from the checkpoint
             if self.predict_split not in self.datasets:
                 self.datasets[self.predict_split] = self.dataset_factory(
-                    split=self.predict_split, columns=self.modalities, **self.root_kwargs
+                    split=self.predict_split, columns=self.modalities, **self.dataset_kwargs
                 )
             return
-        splits = {"train"} | set(SPLIT_OF_STAGE.get(stage or "", ("train", "val", "test")))
+        splits = set(SPLIT_OF_STAGE.get(stage or "", ("train", "val", "test")))
+        if self._needs_training_split():  # a restored state needs no training split
+            splits.add("train")
         for split in sorted(splits - set(self.datasets)):
             self.datasets[split] = self.dataset_factory(
-                split=split, columns=self.modalities + self.tasks, **self.root_kwargs
+                split=split, columns=self.modalities + self.tasks, **self.dataset_kwargs
             )
+            self._check_columns(self.datasets[split], split)
+        if "train" not in splits:
+            return
         train = self.datasets["train"]
-        self._check_columns(train)
+        # Values of a wrong type are left out here; loading their sample is the error.
         tokenizer = self.transforms["text"]
         if "text" in self.modalities and not tokenizer.fitted:
-            tokenizer.fit(train.values("text"))
+            tokenizer.fit([v for v in train.values("text") if isinstance(v, str)])
         for task in self.tasks:
             if task in self.tokenizers:
                 if not self.tokenizers[task].fitted:
-                    self.tokenizers[task].fit(train.values(task))
-            elif task not in self.class_names and self._is_categorical(train.values(task)):
-                self.class_names[task] = sorted({str(v) for v in train.values(task)})
+                    self.tokenizers[task].fit(
+                        [str(v) for v in train.values(task) if isinstance(v, (str, int, float))]
+                    )
+            elif task not in self.class_names:
+                names = {str(v) for v in train.values(task) if self._is_class(v)}
+                if names:
+                    self.class_names[task] = sorted(names, key=class_order)
 
-    def _check_columns(self, dataset: Dataset) -> None:
+    def _needs_training_split(self) -> bool:
+        """Whether a vocabulary or the class names are still to be built from ``train``."""
+        text = self.transforms["text"]
+        return (
+            ("text" in self.modalities and not text.fitted)
+            or any(not t.fitted for task, t in self.tokenizers.items() if task in self.tasks)
+            or any(t not in self.tokenizers and t not in self.class_names for t in self.tasks)
+        )
+
+    @staticmethod
+    def _check_split_files(dataset: Callable[..., Dataset], given: list[str]) -> None:
+        if not given:
+            return
+        target = getattr(dataset, "func", dataset)
+        try:
+            params = inspect.signature(target).parameters
+        except (TypeError, ValueError):
+            return
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return
+        unknown = [k for k in given if k not in params]
+        if unknown:
+            name = f"{target.__module__}.{target.__qualname__}"
+            raise ValueError(
+                f"data.{unknown[0]} is set, but the data set {name} takes no split files "
+                f"({', '.join(k for k in params if k != 'self')}); for manifests use data=manifest"
+            )
+
+    def _check_columns(self, dataset: Dataset, split: str = "train") -> None:
         columns = getattr(dataset, "columns", None)
         if columns is None:
             return
+        path = getattr(dataset, "path", None)
+        where = f"in the {split} split" + (f" ({path})" if path is not None else "")
         for task in self.tasks:
             if task not in columns:
                 raise MMTrainError(
-                    f"head/{task} needs a {task!r} column, but the data has {columns}; "
+                    f"head/{task} needs a {task!r} column, but the data has {columns} {where}; "
                     f"remove the task with ~head/{task}"
                 )
         for modality in self.modalities:
             if modality not in columns:
                 raise MMTrainError(
                     f"encoder/{modality} needs a {modality!r} column, but the data has "
-                    f"{columns}; remove the modality with ~encoder/{modality}"
+                    f"{columns} {where}; remove the modality with ~encoder/{modality}"
                 )
 
     @staticmethod
-    def _is_categorical(values: list[Any]) -> bool:
-        return all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in values)
+    def _is_class(value: Any) -> bool:
+        """A class name (a string) or number (an integer); not a bool, float or container."""
+        return isinstance(value, (str, int)) and not isinstance(value, bool)
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint must carry to rebuild the model, as plain types: the text input's
@@ -225,12 +435,15 @@ class MultimodalDataModule(pl.LightningDataModule):
     def _loader(self, split: str, train: bool = False) -> DataLoader:
         if split not in self.datasets:
             self.setup(None)
-        return DataLoader(
-            _Transformed(self.datasets[split], self.encode, train),
+        raw = self.datasets[split]
+        policy = _BadSamplePolicy(split, len(raw), self.on_error, self.max_skipped, self.skipped)
+        return _CheckedDataLoader(
+            _Transformed(raw, self.encode, train),
+            policy=policy,
             batch_size=self.batch_size,
             shuffle=train,
             num_workers=self.num_workers,
-            collate_fn=collate,
+            collate_fn=collate_checked,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
         )

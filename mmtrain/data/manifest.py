@@ -1,13 +1,18 @@
-"""A data set described by a manifest: JSON Lines or CSV, one sample a line.
+"""A data set described by manifests: JSON Lines or CSV, one sample a line.
 
-Columns: ``id`` (optional), modalities ``image`` / ``audio`` (paths relative to the manifest)
-and ``text`` (a string), and one column per task target (``label``, ``caption``...).
+Columns: ``id`` (optional), the modalities ``image`` and ``audio`` (file paths, relative to the
+manifest file) and ``text`` (a string), and one column per task target, named after the task
+(``label``: a class name or an integer; ``caption``, ``transcript``: strings).
+
+A split comes from one file (``path``) or is picked by name from the ``train`` / ``val`` /
+``test`` files that ``data=manifest`` sets (``data.train=...``), as the data module calls it.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,36 +21,125 @@ from torch.utils.data import Dataset
 from mmtrain.data.io import load_audio, load_image
 from mmtrain.errors import MMTrainError
 
+log = logging.getLogger(__name__)
+
 FILE_COLUMNS = ("image", "audio")
+STRING_COLUMNS = ("text",)
+SPLITS = ("train", "val", "test")
+
+
+def _kind(value: Any) -> str:
+    """``list [1, 2]``: the JSON-ish type name and a short repr, for error messages."""
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def check_value(column: str, value: Any) -> str | None:
+    """What is wrong with ``value`` in ``column``, or None if it has the column's type.
+
+    ``image`` / ``audio``: a non-empty string (a path); ``text``: a string;
+    ``<task>_references``: a list of strings; any other column (a target): a string or a
+    number (an integer class, a score), not a list, an object or a boolean.
+    """
+    if column in FILE_COLUMNS:
+        if not isinstance(value, str) or not value.strip():
+            return f"{column} must be a file path (a non-empty string), got {_kind(value)}"
+    elif column in STRING_COLUMNS:
+        if not isinstance(value, str):
+            return f"{column} must be a string, got {_kind(value)}"
+    elif column.endswith("_references"):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return f"{column} must be a list of strings, got {_kind(value)}"
+    elif isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return f"{column} must be a string or a number, got {_kind(value)}"
+    return None
 
 
 class ManifestDataset(Dataset):
-    """Samples listed in a ``.jsonl`` or ``.csv`` manifest.
+    """Samples listed in a ``.jsonl`` or ``.csv`` manifest (any other suffix reads as JSONL).
 
-    Items are dicts: ``id``, ``image`` as a PIL image, ``audio`` as ``(samples, rate)``,
-    ``text`` as a string and targets as written in the manifest, for the requested columns.
+    Items are dicts: ``id`` (the ``id`` column, else the sample's index), ``image`` as a PIL RGB
+    image, ``audio`` as ``(samples (C, T) float32, rate)``, ``text`` as a string and targets as
+    written in the manifest, for the requested columns. An empty CSV cell and a JSON ``null``
+    are an absent value.
+
+    Which file: ``path`` if given, else the file of ``split`` among ``train``, ``val`` and
+    ``test``; ``test=None`` tests on ``val`` (logged). A relative manifest path is resolved
+    against ``root`` if given, else the working directory; the ``image`` / ``audio`` paths in
+    a manifest are relative to the manifest's own folder (absolute paths are used as they are).
+
+    A bad sample (a missing column, a wrong type, a missing or unreadable file) is an
+    :class:`MMTrainError` naming the manifest and its line (``train.jsonl:7: ...``) when the
+    item is loaded, so that ``data.on_error=skip`` can skip it; a file that cannot be parsed
+    (a line that is not JSON, a CSV row with more fields than its header) fails at once.
 
     Args:
         path: the manifest file.
         columns: the columns to load (None loads all); ``id`` is always present.
+        split: with ``path=None``, the split whose file to read: ``train``, ``val`` or ``test``.
+        root: the folder that relative manifest paths are relative to (None: the working
+            directory).
+        train: the training manifest.
+        val: the validation manifest.
+        test: the test manifest; None uses ``val``.
 
     Raises:
-        MMTrainError: for a missing or unreadable manifest, or a line that is not an object.
+        ValueError: for an unknown split, or both ``path`` and split files.
+        MMTrainError: for an unset, missing or empty manifest, a file that cannot be parsed, or
+            a line that is not an object.
     """
 
-    def __init__(self, path: str | Path, columns: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        columns: list[str] | None = None,
+        split: str | None = None,
+        root: str | None = None,
+        train: str | None = None,
+        val: str | None = None,
+        test: str | None = None,
+    ) -> None:
+        key = ""
+        if path is None:
+            if split not in SPLITS:
+                raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+            files = {"train": train, "val": val, "test": test}
+            if split == "test" and test is None and val is not None:
+                log.warning("data.test is not set: the test split is data.val (%s)", val)
+                split = "val"
+            key, path = f"data.{split}: ", files[split]
+            if path is None:
+                raise MMTrainError(
+                    f"data.{split} is not set: the {split} split needs a manifest "
+                    f"(data.{split}=<file.jsonl or file.csv>)"
+                )
+        elif any(f is not None for f in (train, val, test)):
+            raise ValueError(f"give path or train/val/test files, not both (path={path!r})")
         self.path = Path(path)
+        if not self.path.is_absolute() and root is not None:
+            self.path = Path(root) / self.path
         if not self.path.is_file():
-            raise MMTrainError(f"manifest not found: {self.path}")
+            raise MMTrainError(f"{key}manifest not found: {self.path.absolute()}")
         self.records = self._read()
+        if not self.records:
+            raise MMTrainError(f"{key}{self.path}: the manifest has no samples")
         self.columns = sorted({k for r in self.records for k in r} - {"id", "_line"})
         self.load = list(self.columns if columns is None else columns)
 
     def _read(self) -> list[dict[str, Any]]:
         records: list[dict[str, Any]] = []
-        with self.path.open(newline="", encoding="utf-8") as f:
-            if self.path.suffix == ".csv":
-                for line_no, row in enumerate(csv.DictReader(f), start=2):
+        # utf-8-sig: a byte-order mark (spreadsheet exports) is not part of the first column.
+        with self.path.open(newline="", encoding="utf-8-sig") as f:
+            if self.path.suffix.lower() == ".csv":
+                reader = csv.DictReader(f)
+                for row in reader:
+                    # line_num: the line the row ends on (blank lines are skipped by the reader).
+                    line_no = reader.line_num
+                    if None in row:
+                        raise MMTrainError(
+                            f"{self.path}:{line_no}: {len(row[None])} more field(s) than the "
+                            f"header's {len(reader.fieldnames or [])} columns"
+                        )
                     records.append(
                         {k: v for k, v in row.items() if v not in (None, "")} | {"_line": line_no}
                     )
@@ -61,13 +155,19 @@ class ManifestDataset(Dataset):
                         ) from None
                     if not isinstance(row, dict):
                         raise MMTrainError(f"{self.path}:{line_no}: expected a JSON object")
-                    records.append(row | {"_line": line_no})
+                    records.append(
+                        {k: v for k, v in row.items() if v is not None} | {"_line": line_no}
+                    )
         for i, r in enumerate(records):
             r.setdefault("id", str(i))
         return records
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def where(self, index: int) -> str:
+        """``<manifest>:<line>`` of sample ``index``, for error messages."""
+        return f"{self.path}:{self.records[index]['_line']}"
 
     def values(self, column: str) -> list[Any]:
         """The raw values of one column over all samples (None where absent)."""
@@ -78,13 +178,16 @@ class ManifestDataset(Dataset):
         item: dict[str, Any] = {"id": str(record["id"])}
         for col in self.load:
             if col not in record:
-                raise MMTrainError(f"{self.path}:{record['_line']}: missing column {col!r}")
+                raise MMTrainError(f"{self.where(index)}: missing column {col!r}")
             value = record[col]
+            problem = check_value(col, value)
+            if problem is not None:
+                raise MMTrainError(f"{self.where(index)}: {problem}")
             if col in FILE_COLUMNS:
-                file = self.path.parent / str(value)
+                file = self.path.parent / value
                 try:
                     value = load_image(file) if col == "image" else load_audio(file)
                 except MMTrainError as err:
-                    raise MMTrainError(f"{self.path}:{record['_line']}: {err}") from None
+                    raise MMTrainError(f"{self.where(index)}: {err}") from None
             item[col] = value
         return item
