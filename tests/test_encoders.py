@@ -69,9 +69,9 @@ def test_lstm_matches_the_recurrence_by_hand_in_both_directions():
         out = encoder(ids, mask)
         for i, n in enumerate(LENGTHS):
             emb = encoder.embed(ids[i, :n])  # (n, E): the real tokens only
-            forward = _lstm_by_hand(emb, encoder.lstm)
+            forward = _lstm_by_hand(emb, encoder.rnn)
             # The backward direction starts at the last real token, not at the padding.
-            backward = _lstm_by_hand(emb.flip(0), encoder.lstm, "_reverse").flip(0)
+            backward = _lstm_by_hand(emb.flip(0), encoder.rnn, "_reverse").flip(0)
             expected = torch.cat([forward, backward], dim=1)  # (n, 2H)
             torch.testing.assert_close(out.tokens[i, :n], expected)
     assert out.tokens.shape == (3, 5, 10) and encoder.out_dim == 10

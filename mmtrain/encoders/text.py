@@ -44,24 +44,26 @@ def run_packed(rnn: nn.RNNBase, emb: Tensor, mask: Tensor | None = None) -> Tens
     return out
 
 
-class GRUTextEncoder(nn.Module):
-    """Token embedding followed by a (bi)GRU over the real tokens only.
+class _RNNTextEncoder(nn.Module):
+    """Token embedding followed by a recurrent net (``_RNN``) over the real tokens only.
 
-    Padding never reaches the GRU (sequences are packed by length, see :func:`run_packed`), so a
+    Padding never reaches the RNN (sequences are packed by length, see :func:`run_packed`), so a
     padded and an unpadded sample give the same features.
 
     Args:
         vocab_size: number of token ids (wired by build.py from the tokenizer).
         embed_dim: embedding size.
-        hidden_dim: GRU hidden size per direction.
-        num_layers: stacked GRU layers.
-        bidirectional: run a backward GRU too; ``out_dim`` doubles.
-        dropout: dropout on embeddings and between GRU layers.
+        hidden_dim: hidden size per direction.
+        num_layers: stacked RNN layers.
+        bidirectional: run a backward RNN too; ``out_dim`` doubles.
+        dropout: dropout on embeddings and between RNN layers.
         pad_id: id of the padding token (its embedding is kept at zero).
 
     Raises:
         ValueError: for a non-positive size.
     """
+
+    _RNN: type[nn.RNNBase]
 
     def __init__(
         self,
@@ -79,7 +81,7 @@ class GRUTextEncoder(nn.Module):
         )
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
         self.dropout = nn.Dropout(dropout)
-        self.gru = nn.GRU(
+        self.rnn = self._RNN(
             embed_dim,
             hidden_dim,
             num_layers=num_layers,
@@ -92,58 +94,19 @@ class GRUTextEncoder(nn.Module):
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Features:
         """Encode token ids ``x`` (B, L); ``mask`` (B, L) is True on real tokens."""
         emb = self.dropout(self.embed(x))  # (B, L, E)
-        return Features(run_packed(self.gru, emb, mask), mask)  # (B, L, D)
+        return Features(run_packed(self.rnn, emb, mask), mask)  # (B, L, D)
 
 
-class LSTMTextEncoder(nn.Module):
-    """Token embedding followed by a (bi)LSTM over the real tokens only.
+class GRUTextEncoder(_RNNTextEncoder):
+    """Token embedding + (bi)GRU over the real tokens; arguments as :class:`_RNNTextEncoder`."""
 
-    The LSTM twin of :class:`GRUTextEncoder`: sequences are packed by length
-    (:func:`run_packed`), so padding never changes a real token's features.
+    _RNN = nn.GRU
 
-    Args:
-        vocab_size: number of token ids (wired by build.py from the tokenizer).
-        embed_dim: embedding size.
-        hidden_dim: LSTM hidden size per direction.
-        num_layers: stacked LSTM layers.
-        bidirectional: run a backward LSTM too; ``out_dim`` doubles.
-        dropout: dropout on embeddings and between LSTM layers.
-        pad_id: id of the padding token (its embedding is kept at zero).
 
-    Raises:
-        ValueError: for a non-positive size.
-    """
+class LSTMTextEncoder(_RNNTextEncoder):
+    """Token embedding + (bi)LSTM over the real tokens; arguments as :class:`_RNNTextEncoder`."""
 
-    def __init__(
-        self,
-        vocab_size: int,
-        embed_dim: int = 64,
-        hidden_dim: int = 64,
-        num_layers: int = 1,
-        bidirectional: bool = True,
-        dropout: float = 0.0,
-        pad_id: int = 0,
-    ) -> None:
-        super().__init__()
-        _check_positive(
-            vocab_size=vocab_size, embed_dim=embed_dim, hidden_dim=hidden_dim, num_layers=num_layers
-        )
-        self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
-        self.dropout = nn.Dropout(dropout)
-        self.lstm = nn.LSTM(
-            embed_dim,
-            hidden_dim,
-            num_layers=num_layers,
-            batch_first=True,
-            bidirectional=bidirectional,
-            dropout=dropout if num_layers > 1 else 0.0,
-        )
-        self.out_dim = hidden_dim * (2 if bidirectional else 1)
-
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Features:
-        """Encode token ids ``x`` (B, L); ``mask`` (B, L) is True on real tokens."""
-        emb = self.dropout(self.embed(x))  # (B, L, E)
-        return Features(run_packed(self.lstm, emb, mask), mask)  # (B, L, D)
+    _RNN = nn.LSTM
 
 
 class TransformerTextEncoder(nn.Module):
