@@ -5,16 +5,20 @@ from __future__ import annotations
 import inspect
 import logging
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mmtrain.contracts import Batch
-from mmtrain.data.collate import collate
+from mmtrain.data.bad_samples import (
+    ON_ERROR,
+    BadSamplePolicy,
+    CheckedDataLoader,
+    TransformedDataset,
+    collate_checked,
+)
 from mmtrain.data.transforms import AudioTransform, ImageTransform, WordTokenizer
 from mmtrain.errors import MMTrainError
 
@@ -22,146 +26,12 @@ log = logging.getLogger(__name__)
 
 SPLIT_OF_STAGE = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
 SPLIT_FILES = ("train", "val", "test")
-ON_ERROR = ("raise", "skip")
-BAD_KEY = "_bad_samples"  # collate -> loader: the errors of a batch's bad samples
 _INT = re.compile(r"[+-]?\d+")
 
 
 def class_order(name: str) -> tuple[int, int, str]:
     """Sort key of class names: integers by value ("2" before "10"), then the rest by string."""
     return (0, int(name), name) if _INT.fullmatch(name) else (1, 0, name)
-
-
-@dataclass(frozen=True)
-class _BadSample:
-    """A sample whose loading raised an MMTrainError, carried to the main process."""
-
-    index: int
-    error: str
-
-
-class _Transformed(Dataset):
-    """Applies the data module's preprocessing to the raw items of one split.
-
-    A sample failing with an :class:`MMTrainError` (bad data) becomes a :class:`_BadSample`
-    whose error names the sample (the data set's ``where(index)``, e.g. ``train.jsonl:7``, is
-    put in front of preprocessing errors): the loader decides, in the main process, whether it
-    stops the run or is skipped. Any other exception (a bug) propagates as it is.
-    """
-
-    def __init__(
-        self, raw: Dataset, encode: Callable[[dict[str, Any], bool], dict], train: bool
-    ) -> None:
-        self.raw, self.encode, self.train = raw, encode, train
-
-    def __len__(self) -> int:
-        return len(self.raw)
-
-    def __getitem__(self, index: int) -> dict[str, Any] | _BadSample:
-        try:
-            item = self.raw[index]  # the data set's own errors name the sample
-        except MMTrainError as err:
-            return _BadSample(index, str(err))
-        try:
-            return self.encode(item, self.train)
-        except MMTrainError as err:
-            where = getattr(self.raw, "where", None)
-            return _BadSample(index, f"{where(index)}: {err}" if where else str(err))
-
-
-def collate_checked(items: list[dict[str, Any] | _BadSample]) -> Batch:
-    """:func:`collate` of the good items; the errors of bad ones go under ``BAD_KEY``.
-
-    A batch whose items are all bad is ``{BAD_KEY: [...]}`` alone (no ``id``).
-    """
-    good = [item for item in items if not isinstance(item, _BadSample)]
-    batch = collate(good) if good else {}
-    errors = [item.error for item in items if isinstance(item, _BadSample)]
-    if errors:
-        batch[BAD_KEY] = errors
-    return batch
-
-
-class _BadSamplePolicy:
-    """``data.on_error`` for one split: stop at the first bad sample, or skip within a budget.
-
-    Args:
-        split: the split's name.
-        size: the split's number of samples.
-        on_error: ``raise`` or ``skip``.
-        max_skipped: below 1 a fraction of ``size`` (rounded down), from 1 on a count.
-        totals: ``{split: count}`` of the current or latest pass (``skip`` only).
-    """
-
-    def __init__(
-        self, split: str, size: int, on_error: str, max_skipped: float, totals: dict[str, int]
-    ) -> None:
-        self.split, self.size, self.on_error = split, size, on_error
-        self.max_skipped, self.totals = max_skipped, totals
-        self.budget = int(max_skipped * size) if max_skipped < 1 else int(max_skipped)
-
-    def check(self, count: int, errors: list[str]) -> None:
-        """Raise for a bad sample (``raise``) or once ``count`` exceeds the budget (``skip``).
-
-        Raises:
-            MMTrainError: the sample's own error, or one naming the count and the budget.
-        """
-        if self.on_error == "raise":
-            raise MMTrainError(errors[0])
-        self.totals[self.split] = count  # up to date during the pass, for epoch-end hooks
-        if count > self.budget:
-            raise MMTrainError(
-                f"data.on_error=skip: {count} bad samples in the {self.split} split "
-                f"({self.size} samples), over the budget data.max_skipped={self.max_skipped} "
-                f"({self.budget} samples); the latest: {errors[-1]}"
-            )
-
-    def report(self, count: int, errors: list[str]) -> None:
-        """Record and log the count of a pass (the end of an epoch of the split)."""
-        if self.on_error != "skip":
-            return
-        self.totals[self.split] = count
-        if count:
-            shown = "; ".join(errors[:3]) + ("; ..." if len(errors) > 3 else "")
-            log.warning(
-                "data.on_error=skip: skipped %d of %d samples of the %s split (budget %d): %s",
-                count,
-                self.size,
-                self.split,
-                self.budget,
-                shown,
-            )
-
-
-class _CheckedDataLoader(DataLoader):
-    """A DataLoader (``collate_fn=collate_checked``) that applies ``data.on_error``.
-
-    Bad samples reach this loader as errors in their batch, so the decision is made in the
-    main process: the counts of worker processes add up here, and the error that stops a run
-    is raised as is (not wrapped in a worker traceback). Skipped samples are left out of their
-    batch, and a batch left without samples is not yielded. ``policy`` is an init argument so
-    that Lightning can re-create the loader (distributed samplers, ``overfit_batches``).
-    """
-
-    def __init__(self, *args: Any, policy: _BadSamplePolicy, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.policy = policy
-
-    def __iter__(self) -> Iterator[Batch]:  # type: ignore[override]
-        count, errors = 0, []
-        if self.policy.on_error == "skip":
-            self.policy.totals[self.policy.split] = 0
-        try:
-            for batch in super().__iter__():
-                bad = batch.pop(BAD_KEY, [])
-                if bad:
-                    count += len(bad)
-                    errors += bad
-                    self.policy.check(count, errors)
-                if batch:
-                    yield batch
-        finally:  # the end of the pass, or Lightning stopping early (limit_*_batches)
-            self.policy.report(count, errors)
 
 
 class MultimodalDataModule(pl.LightningDataModule):
@@ -436,9 +306,9 @@ class MultimodalDataModule(pl.LightningDataModule):
         if split not in self.datasets:
             self.setup(None)
         raw = self.datasets[split]
-        policy = _BadSamplePolicy(split, len(raw), self.on_error, self.max_skipped, self.skipped)
-        return _CheckedDataLoader(
-            _Transformed(raw, self.encode, train),
+        policy = BadSamplePolicy(split, len(raw), self.on_error, self.max_skipped, self.skipped)
+        return CheckedDataLoader(
+            TransformedDataset(raw, self.encode, train),
             policy=policy,
             batch_size=self.batch_size,
             shuffle=train,
