@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import logging
 import re
 from collections.abc import Callable
 from typing import Any, Literal
@@ -21,8 +20,6 @@ from mmtrain.data.bad_samples import (
 )
 from mmtrain.data.transforms import AudioTransform, ImageTransform, WordTokenizer
 from mmtrain.errors import MMTrainError
-
-log = logging.getLogger(__name__)
 
 SPLIT_OF_STAGE = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
 SPLIT_FILES = ("train", "val", "test")
