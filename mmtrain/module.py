@@ -87,8 +87,8 @@ class MultimodalModule(pl.LightningModule):
         batch_size, count = first.shape[0], len(features)
         keep = torch.rand(batch_size, count, device=first.device) >= self.modality_dropout
         # A sample that lost everything gets one random modality back.
-        rescue = torch.randint(count, (batch_size,), device=first.device)
-        keep[~keep.any(dim=1), rescue[~keep.any(dim=1)]] = True
+        lost = ~keep.any(dim=1)  # (B,)
+        keep[lost, torch.randint(count, (int(lost.sum()),), device=first.device)] = True
         out = {}
         for i, (m, f) in enumerate(features.items()):
             mask = (
