@@ -102,8 +102,26 @@ class Head(Protocol):
     def decode(self, outputs: Tensor) -> list[Any]: ...
 
 
+class SharedParameters(NamedTuple):
+    """The parameters every task shares, handed to gradient-based loss weightings.
+
+    Attributes:
+        all: the trainable parameters of the encoders and the fusion.
+        last: those of the last shared layer (the fusion's; the encoders' when the fusion has
+            none), where GradNorm measures gradient norms.
+    """
+
+    all: list[Tensor]
+    last: list[Tensor]
+
+
 @runtime_checkable
 class LossWeighting(Protocol):
-    """Combines per-task losses into one total; returns the weights it used for logging."""
+    """Combines per-task losses into one total; returns the weights it used for logging.
+
+    A weighting that needs per-task gradients (GradNorm, PCGrad) also has
+    ``backward(losses, total, shared: SharedParameters, backward, scale)``, which the module
+    calls in place of backpropagating the total (see ``mmtrain/loss_weighting/base.py``).
+    """
 
     def __call__(self, losses: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]: ...

@@ -98,7 +98,7 @@ def test_model_option_trains_one_step(group, option, compose_config, synth_batch
     module.train()
     loss = _train_step(module, batch)
     assert loss.ndim == 0 and torch.isfinite(loss), f"{group}={option}: loss {loss}"
-    loss.backward()
+    module.backward(loss)  # as the trainer does: a gradient-based weighting takes over here
     _assert_grads(module)
 
     # The contracts of ARCHITECTURE.md, checked in eval mode on the same batch.
@@ -219,7 +219,7 @@ def test_discovery_follows_the_files() -> None:
 
 
 def _label_weight(cfg, synth_facts) -> float:
-    return build_module(cfg, synth_facts).loss_weighting.weights["label"]
+    return build_module(cfg, synth_facts).loss_weighting.fixed["label"]
 
 
 def test_loss_weight_override_with_plus(compose_config, synth_facts):

@@ -2,36 +2,50 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from mmtrain.loss_weighting.base import LossWeighting
 
 
-class FixedWeighting(nn.Module):
+def check_weights(names: Sequence[str], weights: dict[str, float] | None) -> dict[str, float]:
+    """``{task: weight}`` for every task (1.0 where not listed).
+
+    Raises:
+        ValueError: if ``weights`` names a task that has no head, or a weight is negative.
+    """
+    weights = dict(weights or {})
+    unknown = sorted(set(weights) - set(names))
+    if unknown:
+        raise ValueError(f"weights for unknown tasks {unknown}; the tasks are {sorted(names)}")
+    negative = {k: v for k, v in weights.items() if v < 0}
+    if negative:
+        raise ValueError(f"loss weights must be >= 0, got {negative}")
+    return {name: float(weights.get(name, 1.0)) for name in names}
+
+
+class FixedWeighting(LossWeighting):
     """Total loss = sum over the tasks present of ``weight[task] * loss[task]``.
 
     Args:
         names: the task names (wired by build.py from the heads).
         weights: ``{task: weight}``; tasks not listed get 1.0.
+        warmup_steps: steps with all weights 1 first (see :class:`LossWeighting`).
 
     Raises:
         ValueError: if ``weights`` names a task that has no head, or a weight is negative.
     """
 
-    def __init__(self, names: list[str], weights: dict[str, float] | None = None) -> None:
-        super().__init__()
-        weights = dict(weights or {})
-        unknown = sorted(set(weights) - set(names))
-        if unknown:
-            raise ValueError(f"weights for unknown tasks {unknown}; the tasks are {sorted(names)}")
-        negative = {k: v for k, v in weights.items() if v < 0}
-        if negative:
-            raise ValueError(f"loss weights must be >= 0, got {negative}")
-        self.weights = {name: float(weights.get(name, 1.0)) for name in names}
+    def __init__(
+        self,
+        names: list[str],
+        weights: dict[str, float] | None = None,
+        warmup_steps: int = 0,
+    ) -> None:
+        super().__init__(names, warmup_steps)
+        self.fixed = check_weights(names, weights)
 
-    def forward(self, losses: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        """Weighted sum of the losses present in this batch."""
-        if not losses:
-            raise ValueError("no task losses to weight: the batch carries no known target")
-        used = {task: torch.tensor(self.weights[task]) for task in losses}
-        total = sum(used[task] * loss for task, loss in losses.items())
-        return total, used
+    def weights(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {t: torch.tensor(self.fixed[t], device=loss.device) for t, loss in losses.items()}
