@@ -9,11 +9,28 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 
-from mmtrain.contracts import Batch, Features
+from mmtrain.contracts import Batch, Features, SharedParameters
+from mmtrain.loss_weighting.base import GradientWeighting
 
 CHECKPOINT_KEY = "mmtrain"  # checkpoint[CHECKPOINT_KEY] = {"config": yaml, "data": state}
+TOTAL = "_total"  # the key of the total loss among the per-task evaluation losses
+
+
+def is_joint(batch: Any) -> bool:
+    """Whether ``batch`` is ``{data set: batch}`` (data.sampling=joint) rather than a batch."""
+    return (
+        isinstance(batch, dict) and bool(batch) and all(isinstance(v, dict) for v in batch.values())
+    )
+
+
+def _rows(batch: Batch) -> list[dict[str, Any]]:
+    """A prediction row per sample: its ``id`` and, with data=multi, its data set (``source``)."""
+    rows = [{"id": sample_id} for sample_id in batch["id"]]
+    for row, source in zip(rows, batch.get("source", ())):
+        row["source"] = source
+    return rows
 
 
 class MultimodalModule(pl.LightningModule):
@@ -68,7 +85,12 @@ class MultimodalModule(pl.LightningModule):
                 for task, head in heads.items()
             }
         )
+        # Evaluation losses too, as sample-weighted epoch means (any number of data loaders).
+        self.eval_losses = nn.ModuleDict(
+            {f"{split}_{key}": MeanMetric() for split in ("val", "test") for key in (*heads, TOTAL)}
+        )
         self.predictions: list[dict[str, Any]] = []
+        self._train_losses: dict[str, Tensor] = {}  # the step's task losses, for backward()
 
     def forward(self, batch: Batch) -> Features:
         """Encode the modalities present in ``batch`` (less ``without``) and fuse them."""
@@ -102,11 +124,12 @@ class MultimodalModule(pl.LightningModule):
             )
         return out
 
-    def _step(self, batch: Batch, split: str) -> Tensor:
+    def _task_losses(self, batch: Batch, split: str) -> dict[str, Tensor]:
+        """``{task: loss}`` of the tasks whose target is in ``batch``; in evaluation, also
+        updates the metrics (and, in test, collects the predictions)."""
         fused = self(batch)
-        batch_size = len(batch["id"])
         losses: dict[str, Tensor] = {}
-        rows = [{"id": sample_id} for sample_id in batch["id"]]
+        rows = _rows(batch)
         for task, head in self.heads.items():
             if task not in batch:  # this batch carries no target for the task
                 continue
@@ -127,37 +150,45 @@ class MultimodalModule(pl.LightningModule):
                     row[task] = pred
         if split == "test":
             self.predictions.extend(rows)
+        return losses
+
+    def _step(self, batch: Batch, split: str) -> Tensor:
+        if is_joint(batch):  # data.sampling=joint: {data set: batch}, every task in the step
+            parts = list(batch.values())
+            batch_size = sum(len(part["id"]) for part in parts)
+            per_part = [(len(part["id"]), self._task_losses(part, split)) for part in parts]
+            # A task in several data sets: the mean over their samples.
+            losses = {}
+            for task in self.heads:
+                sized = [(n, part[task]) for n, part in per_part if task in part]
+                if sized:
+                    losses[task] = sum(n * loss for n, loss in sized) / sum(n for n, _ in sized)
+        else:
+            batch_size = len(batch["id"])
+            losses = self._task_losses(batch, split)
         total, weights = self.loss_weighting(losses)
-        # Training losses are logged per step, evaluation losses as epoch means.
-        on_step = split == "train"
+        if split == "train":
+            self._train_losses = losses
+        if split != "train":  # logged as epoch means by _log_metrics
+            for task, loss in losses.items():
+                self.eval_losses[f"{split}_{task}"].update(loss.detach(), batch_size)
+            self.eval_losses[f"{split}_{TOTAL}"].update(total.detach(), batch_size)
+            return total
         for task, loss in losses.items():
-            self.log(
-                f"{split}/loss/{task}",
-                loss,
-                on_step=on_step,
-                on_epoch=not on_step,
-                batch_size=batch_size,
-            )
-            if split == "train":
-                self.log(
-                    f"train/weight/{task}",
-                    weights[task],
-                    on_step=True,
-                    on_epoch=False,
-                    batch_size=batch_size,
-                )
-        self.log(
-            f"{split}/loss",
-            total,
-            on_step=on_step,
-            on_epoch=not on_step,
-            prog_bar=True,
-            batch_size=batch_size,
-        )
+            self.log(f"train/loss/{task}", loss, on_step=True, batch_size=batch_size)
+            self.log(f"train/weight/{task}", weights[task], on_step=True, batch_size=batch_size)
+        self.log("train/loss", total, on_step=True, prog_bar=True, batch_size=batch_size)
         return total
 
     def _log_metrics(self, split: str) -> None:
-        """Compute, log as ``<split>/<task>/<metric>`` and reset every metric of ``split``."""
+        """Compute, log as ``<split>/<task>/<metric>`` and reset every metric of ``split``;
+        the same for the losses (``<split>/loss/<task>``, ``<split>/loss``)."""
+        for key in (*self.heads, TOTAL):
+            mean = self.eval_losses[f"{split}_{key}"]
+            if mean.update_called:
+                name = f"{split}/loss" if key == TOTAL else f"{split}/loss/{key}"
+                self.log(name, mean.compute(), prog_bar=key == TOTAL)
+                mean.reset()
         for task in self.heads:
             metric = self.metrics[f"{split}_{task}"]
             parts = metric.values() if isinstance(metric, MetricCollection) else [metric]
@@ -170,11 +201,48 @@ class MultimodalModule(pl.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         return self._step(batch, "train")
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+    # dataloader_idx: data=multi evaluates one data loader per data set.
+    def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._step(batch, "val")
 
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
+    def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._step(batch, "test")
+
+    def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        """Backpropagate the step's loss; a gradient-based loss weighting does it its way.
+
+        ``loss`` is what the trainer hands over: the total, divided by the gradient
+        accumulation count and multiplied by the fp16 loss scale when there is one. A
+        :class:`GradientWeighting` gets the unweighted task losses, that factor, the shared
+        parameters and this same backward (precision plugin, strategy) to finish with.
+        """
+        losses, self._train_losses = self._train_losses, {}
+        if not isinstance(self.loss_weighting, GradientWeighting) or not losses:
+            super().backward(loss, *args, **kwargs)
+            return
+        scale = 1.0
+        if self._trainer is not None:
+            scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+            scale = float(scaler.get_scale()) if scaler is not None else 1.0
+            scale /= self.trainer.accumulate_grad_batches
+        self.loss_weighting.backward(
+            losses,
+            loss,
+            self.shared_parameters(),
+            lambda t: super(MultimodalModule, self).backward(t, *args, **kwargs),
+            scale=scale,
+        )
+
+    def shared_parameters(self) -> SharedParameters:
+        """The trainable parameters every task shares: encoders and fusion."""
+        encoders = [p for p in self.encoders.parameters() if p.requires_grad]
+        fusion = [p for p in self.fusion.parameters() if p.requires_grad]
+        return SharedParameters(all=encoders + fusion, last=fusion or encoders)
+
+    def on_train_epoch_end(self) -> None:
+        epoch_end = getattr(self.loss_weighting, "epoch_end", None)  # DWA's epoch history
+        if epoch_end is not None:
+            epoch_end()
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
@@ -185,9 +253,11 @@ class MultimodalModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
 
-    def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
+    def predict_step(
+        self, batch: Batch, batch_idx: int, dataloader_idx: int = 0
+    ) -> list[dict[str, Any]]:
         fused = self(batch)
-        rows = [{"id": sample_id} for sample_id in batch["id"]]
+        rows = _rows(batch)
         for task, head in self.heads.items():
             for row, pred in zip(rows, head.predict(fused)):
                 row[task] = pred

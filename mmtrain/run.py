@@ -38,6 +38,7 @@ MODEL_KEYS = (
 )
 ROBUSTNESS = (None, "missing")
 INPUT_DATASET = "mmtrain.data.folder.ImageFolderDataset"  # predict ... input=<file or folder>
+SINGLE_DATAMODULE = "mmtrain.data.datamodule.MultimodalDataModule"  # predict input= on data=multi
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -106,18 +107,23 @@ def _write_predictions(out_dir: Path, split: str, rows: list[dict[str, Any]]) ->
     with ``{"id": ..., "prediction": ...}`` a line.
     """
     written = []
-    tasks = [k for k in (rows[0] if rows else {}) if k != "id"]
+    # data=multi: rows of several data sets (``source``), each with the tasks it has
+    tasks = list(dict.fromkeys(k for r in rows for k in r if k not in ("id", "source")))
     (out_dir / "predictions").mkdir(parents=True, exist_ok=True)
     for task in tasks:
+        with_task = [r for r in rows if task in r]
         if task == "caption":
             path = out_dir / "predictions" / f"captions_{split}.json"
-            results = [{"image_id": _image_id(r["id"]), "caption": r[task]} for r in rows]
+            results = [{"image_id": _image_id(r["id"]), "caption": r[task]} for r in with_task]
             path.write_text(json.dumps(results))
         else:
             path = out_dir / "predictions" / f"{task}_{split}.jsonl"
-            path.write_text(
-                "".join(json.dumps({"id": r["id"], "prediction": r[task]}) + "\n" for r in rows)
-            )
+            lines = [
+                {"id": r["id"], **({"source": r["source"]} if "source" in r else {})}
+                | {"prediction": r[task]}
+                for r in with_task
+            ]
+            path.write_text("".join(json.dumps(line) + "\n" for line in lines))
         written.append(path)
     return written
 
@@ -188,6 +194,10 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
         config_yaml = OmegaConf.to_yaml(cfg)
     if stage == "predict" and cfg.get("input"):
         with open_dict(cfg):  # the inputs replace the data set; vocabularies stay the checkpoint's
+            if "sources" in cfg.data:  # data=multi: one data set of inputs instead
+                cfg.data._target_ = SINGLE_DATAMODULE
+                for key in ("sources", "sampling", "temperature", "seed"):
+                    cfg.data.pop(key, None)
             cfg.data.root = str(cfg.input)
             cfg.data.dataset = {"_target_": INPUT_DATASET, "_partial_": True}
             for key in ("train", "val", "test"):  # a manifest's split files are not read
@@ -231,9 +241,10 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
         metrics = {}
     if getattr(datamodule, "on_error", "raise") == "skip":  # data.on_error=skip: bad samples
         stage_splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
-        for split in stage_splits.get(stage, ()):
-            if split in datamodule.skipped:
-                metrics[f"{split}/skipped"] = float(datamodule.skipped[split])
+        for key, count in datamodule.skipped.items():  # "train", or "train/<data set>"
+            split, _, source = key.partition("/")
+            if split in stage_splits.get(stage, ()):
+                metrics[f"{split}/skipped" + (f"/{source}" if source else "")] = float(count)
     if trainer.is_global_zero:
         _write_json(out_dir / "metrics.json", metrics)
         if stage == "fit":  # the vocabulary and class names, readable without torch
@@ -241,6 +252,8 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
         if stage == "test":
             _write_predictions(out_dir, "test", model.predictions)
         elif stage == "predict":
+            if batches and batches[0] and isinstance(batches[0][0], list):
+                batches = [batch for loader in batches for batch in loader]  # several loaders
             rows = [row for batch in batches for row in batch]
             if cfg.get("input"):
                 _write_input_predictions(out_dir, rows)

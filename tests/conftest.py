@@ -88,6 +88,14 @@ def _one_thread() -> None:
         sys.modules["torch"].set_num_threads(1)
 
 
+@pytest.fixture
+def scratch(tmp_path: Path, session_dirs: dict[str, Path]) -> dict[str, Path]:
+    """A scratch working directory and output root for CLI runs; data is the session's."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    return {"cwd": cwd, "data": session_dirs["data"], "out": tmp_path / "outputs"}
+
+
 @pytest.fixture(scope="session")
 def tiny_data(session_dirs: dict[str, Path]) -> Path:
     """The tiny shapes data set under ``$MMTRAIN_DATA_DIR/shapes``, generated once."""

@@ -81,14 +81,6 @@ def _explain(proc: subprocess.CompletedProcess) -> str:
     return f"exit {proc.returncode}\n--- stdout\n{out}\n--- stderr\n{err}"
 
 
-@pytest.fixture
-def scratch(tmp_path, session_dirs) -> dict[str, Path]:
-    """A scratch working directory and output root; data is the session's tiny data."""
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    return {"cwd": cwd, "data": session_dirs["data"], "out": tmp_path / "outputs"}
-
-
 def mmtrain(scratch: dict[str, Path], *args: str, **kwargs) -> subprocess.CompletedProcess:
     return _run(list(args), scratch["cwd"], scratch["data"], scratch["out"], **kwargs)
 

@@ -58,6 +58,15 @@ TINY_DATA: dict[str, Callable[[Path], list[str]]] = {
     ],
     "mmtrain.data.coco.CaptionDataset": _tiny_coco,
     "mmtrain.data.manifest.ManifestDataset": _tiny_manifest,
+    # data=multi: each shapes source tiny (the captions source is the session's tiny data)
+    "mmtrain.data.multi.MultiDataModule": lambda folder: (
+        [
+            f"data.sources.{source}.dataset.{key}={n}"
+            for source in ("captions", "labels")
+            for key, n in (("num_train", 24), ("num_val", 8), ("num_test", 8))
+        ]
+        + ["data.batch_size=4"]
+    ),
 }
 
 
@@ -67,7 +76,9 @@ def test_there_are_experiments():
 
 @pytest.mark.parametrize("name", EXPERIMENTS, ids=[f"experiment={n}" for n in EXPERIMENTS])
 def test_experiment_fast_dev_run(name, compose_config, tiny_data, tmp_path):
-    dataset = OmegaConf.select(compose_config(f"experiment={name}"), "data.dataset._target_")
+    composed = compose_config(f"experiment={name}")
+    # the data set's class, or the data module's for data=multi (several data sets)
+    dataset = OmegaConf.select(composed, "data.dataset._target_") or composed.data._target_
     if dataset not in TINY_DATA:
         pytest.fail(
             f"experiment={name} uses the data set {dataset!r}: add tiny overrides for it "

@@ -62,13 +62,16 @@ class TransformedDataset(Dataset):
             return BadSample(index, f"{where(index)}: {err}" if where else str(err))
 
 
-def collate_checked(items: list[dict[str, Any] | BadSample]) -> Batch:
+def collate_checked(items: list[dict[str, Any] | BadSample], source: str | None = None) -> Batch:
     """:func:`collate` of the good items; the errors of bad ones go under ``BAD_KEY``.
 
-    A batch whose items are all bad is ``{BAD_KEY: [...]}`` alone (no ``id``).
+    A batch whose items are all bad is ``{BAD_KEY: [...]}`` alone (no ``id``). With several
+    data sets (data=multi), ``source`` names the batch's data set for each sample.
     """
     good = [item for item in items if not isinstance(item, BadSample)]
     batch = collate(good) if good else {}
+    if good and source is not None:
+        batch["source"] = [source] * len(good)
     errors = [item.error for item in items if isinstance(item, BadSample)]
     if errors:
         batch[BAD_KEY] = errors

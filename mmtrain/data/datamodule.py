@@ -5,11 +5,12 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mmtrain.data.bad_samples import (
     ON_ERROR,
@@ -24,6 +25,41 @@ from mmtrain.errors import MMTrainError
 SPLIT_OF_STAGE = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
 SPLIT_FILES = ("train", "val", "test")
 _INT = re.compile(r"[+-]?\d+")
+
+
+def split_kwargs(
+    dataset: Callable[..., Dataset],
+    root: str | None,
+    train: str | None = None,
+    val: str | None = None,
+    test: str | None = None,
+    key: str = "data",
+) -> dict[str, str]:
+    """The keyword arguments that reach every call ``dataset(split=..., ...)``: ``root`` and the
+    split files that are set.
+
+    Raises:
+        ValueError: if split files are set and ``dataset`` takes none (``key`` names the node).
+    """
+    kwargs = {} if root is None else {"root": str(root)}
+    files = {"train": train, "val": val, "test": test}
+    kwargs.update({k: str(v) for k, v in files.items() if v is not None})
+    given = [k for k in SPLIT_FILES if k in kwargs]
+    target = getattr(dataset, "func", dataset)
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return kwargs
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    unknown = [k for k in given if k not in params]
+    if unknown:
+        name = f"{target.__module__}.{target.__qualname__}"
+        raise ValueError(
+            f"{key}.{unknown[0]} is set, but the data set {name} takes no split files "
+            f"({', '.join(k for k in params if k != 'self')}); for manifests use data=manifest"
+        )
+    return kwargs
 
 
 def class_order(name: str) -> tuple[int, int, str]:
@@ -111,11 +147,7 @@ class MultimodalDataModule(pl.LightningDataModule):
         if max_skipped < 0:
             raise ValueError(f"max_skipped must be >= 0, got {max_skipped}")
         self.dataset_factory = dataset
-        # root and split files reach every call of dataset(split=..., ...)
-        self.dataset_kwargs = {} if root is None else {"root": str(root)}
-        files = {"train": train, "val": val, "test": test}
-        self.dataset_kwargs.update({k: str(v) for k, v in files.items() if v is not None})
-        self._check_split_files(dataset, [k for k in SPLIT_FILES if k in self.dataset_kwargs])
+        self.dataset_kwargs = split_kwargs(dataset, root, train, val, test)
         self.on_error = on_error
         self.max_skipped = max_skipped
         self.skipped: dict[str, int] = {}  # {split: samples skipped in its current/latest pass}
@@ -161,21 +193,27 @@ class MultimodalDataModule(pl.LightningDataModule):
                 split=split, columns=self.modalities + self.tasks, **self.dataset_kwargs
             )
             self._check_columns(self.datasets[split], split)
-        if "train" not in splits:
-            return
-        train = self.datasets["train"]
+        if "train" in splits:
+            self._build_vocabularies(self.datasets["train"].values)
+
+    def _build_vocabularies(self, values: Callable[[str], list[Any]]) -> None:
+        """Fit the tokenizers and collect the class names not restored from a checkpoint.
+
+        Args:
+            values: the training values of a column (``values("text")``).
+        """
         # Values of a wrong type are left out here; loading their sample is the error.
         tokenizer = self.transforms["text"]
         if "text" in self.modalities and not tokenizer.fitted:
-            tokenizer.fit([v for v in train.values("text") if isinstance(v, str)])
+            tokenizer.fit([v for v in values("text") if isinstance(v, str)])
         for task in self.tasks:
             if task in self.tokenizers:
                 if not self.tokenizers[task].fitted:
                     self.tokenizers[task].fit(
-                        [str(v) for v in train.values(task) if isinstance(v, (str, int, float))]
+                        [str(v) for v in values(task) if isinstance(v, (str, int, float))]
                     )
             elif task not in self.class_names:
-                names = {str(v) for v in train.values(task) if self._is_class(v)}
+                names = {str(v) for v in values(task) if self._is_class(v)}
                 if names:
                     self.class_names[task] = sorted(names, key=class_order)
 
@@ -187,25 +225,6 @@ class MultimodalDataModule(pl.LightningDataModule):
             or any(not t.fitted for task, t in self.tokenizers.items() if task in self.tasks)
             or any(t not in self.tokenizers and t not in self.class_names for t in self.tasks)
         )
-
-    @staticmethod
-    def _check_split_files(dataset: Callable[..., Dataset], given: list[str]) -> None:
-        if not given:
-            return
-        target = getattr(dataset, "func", dataset)
-        try:
-            params = inspect.signature(target).parameters
-        except (TypeError, ValueError):
-            return
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-            return
-        unknown = [k for k in given if k not in params]
-        if unknown:
-            name = f"{target.__module__}.{target.__qualname__}"
-            raise ValueError(
-                f"data.{unknown[0]} is set, but the data set {name} takes no split files "
-                f"({', '.join(k for k in params if k != 'self')}); for manifests use data=manifest"
-            )
 
     def _check_columns(self, dataset: Dataset, split: str = "train") -> None:
         columns = getattr(dataset, "columns", None)
@@ -302,15 +321,29 @@ class MultimodalDataModule(pl.LightningDataModule):
     def _loader(self, split: str, train: bool = False) -> DataLoader:
         if split not in self.datasets:
             self.setup(None)
-        raw = self.datasets[split]
-        policy = BadSamplePolicy(split, len(raw), self.on_error, self.max_skipped, self.skipped)
+        return self._make_loader(self.datasets[split], split, train)
+
+    def _make_loader(
+        self,
+        raw: Dataset,
+        name: str,
+        train: bool,
+        sampler: Sampler | None = None,
+        source: str | None = None,
+    ) -> CheckedDataLoader:
+        """The loader of one raw data set; ``name`` keys its count of skipped samples, and
+        ``source`` (data=multi) goes into every batch as its data set's name."""
+        policy = BadSamplePolicy(name, len(raw), self.on_error, self.max_skipped, self.skipped)
         return CheckedDataLoader(
             TransformedDataset(raw, self.encode, train),
             policy=policy,
             batch_size=self.batch_size,
-            shuffle=train,
+            shuffle=train if sampler is None else None,
+            sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=collate_checked,
+            collate_fn=collate_checked
+            if source is None
+            else partial(collate_checked, source=source),
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
         )
