@@ -1,4 +1,4 @@
-"""Images from a folder (or one file), for ``mmtrain predict ... input=<file or folder>``."""
+"""Images or audio files from a folder (or one file), for ``mmtrain predict ... input=<path>``."""
 
 from __future__ import annotations
 
@@ -7,40 +7,54 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from mmtrain.data.io import load_image
+from mmtrain.data.io import load_audio, load_image
 from mmtrain.errors import MMTrainError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+SUFFIXES = {
+    "image": (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"),
+    "audio": (".wav", ".flac", ".ogg", ".mp3"),  # what libsndfile reads (mp3 since 1.1)
+}
+LOADERS = {"image": load_image, "audio": load_audio}
 
 
-class ImageFolderDataset(Dataset):
-    """Every image file under ``root`` (searched recursively, sorted), or ``root`` itself.
+class InputFolderDataset(Dataset):
+    """Every image or audio file under ``root`` (searched recursively, sorted), or ``root`` itself.
 
-    Items are ``{"id": <file path>, "image": PIL RGB image}``; there are no targets.
+    The files are those of the modality the model takes (``columns``, set by the data module
+    from the encoders): images for a model with an image encoder, else audio. Items are
+    ``{"id": <file path>, <modality>: <image or (samples, rate)>}``; there are no targets.
 
     Args:
-        root: an image file or a folder of images.
+        root: a file or a folder of files.
         split: ignored (a folder has no splits); accepted for the data module's call.
-        columns: ignored: only ``image`` exists.
+        columns: the modalities the model takes; None: images.
 
     Raises:
-        MMTrainError: if ``root`` does not exist or holds no image file.
+        MMTrainError: if ``root`` does not exist or holds no file of the modality, or the
+            model takes neither images nor audio.
     """
 
-    columns = ["image"]
-
     def __init__(self, root: str, split: str = "predict", columns: list[str] | None = None):
+        wanted = [m for m in SUFFIXES if columns is None or m in columns]
+        if not wanted:
+            raise MMTrainError(
+                f"input= reads image or audio files, but the model takes {columns}: give the "
+                "inputs as a manifest instead (data=manifest data.test=<file>)"
+            )
+        self.modality = wanted[0]
+        self.columns = [self.modality]
+        suffixes = SUFFIXES[self.modality]
         path = Path(root)
         if path.is_file():
             self.files = [path]
         elif path.is_dir():
             self.files = sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
             )
         else:
             raise MMTrainError(f"input: no such file or folder: {path}")
         if not self.files:
-            raise MMTrainError(f"input: no image files ({', '.join(IMAGE_SUFFIXES)}) in {path}")
+            raise MMTrainError(f"input: no {self.modality} files ({', '.join(suffixes)}) in {path}")
 
     def __len__(self) -> int:
         return len(self.files)
@@ -50,4 +64,5 @@ class ImageFolderDataset(Dataset):
         return [str(f) for f in self.files] if column == "id" else [None] * len(self.files)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"id": str(self.files[index]), "image": load_image(self.files[index])}
+        file = self.files[index]
+        return {"id": str(file), self.modality: LOADERS[self.modality](file)}
