@@ -40,6 +40,14 @@ def synth_caption_tokenizer() -> Any:
     return WordTokenizer(max_length=8, strip_punctuation=True).fit(captions)
 
 
+def synth_transcript_tokenizer() -> Any:
+    """A character tokenizer fitted on a few transcripts (the CTC head's data fact)."""
+    from mmtrain.data.transforms.char import CharTokenizer
+
+    transcripts = ["a red circle", "the blue square is small", "turn left"]
+    return CharTokenizer(max_length=16).fit(transcripts)
+
+
 # Data facts (what build.py takes from the data module) for synthetic batches.
 SYNTH_CLASSES = {"label": ["circle_high", "circle_low", "square_high", "square_low", "tri_high"]}
 SYNTH_FACTS: dict[str, Any] = {
@@ -193,6 +201,21 @@ def _caption(batch_size: int, facts: dict[str, Any], g: Any) -> dict[str, Any]:
     return {"caption": ids, "caption_mask": mask, "caption_references": refs}
 
 
+def _transcript(batch_size: int, facts: dict[str, Any], g: Any) -> dict[str, Any]:
+    import torch
+
+    tokenizer = facts["tokenizers"]["transcript"]
+    length = 7  # <bos> c c c c c <eos>; padded samples end earlier. Far fewer than the frames.
+    ids = torch.randint(4, tokenizer.vocab_size, (batch_size, length), generator=g)
+    mask = torch.zeros(batch_size, length, dtype=torch.bool)
+    for i, n in enumerate(_lengths(batch_size, length, 4)):
+        mask[i, :n] = True
+        ids[i, 0], ids[i, n - 1] = tokenizer.bos_id, tokenizer.eos_id
+    ids[~mask] = tokenizer.pad_id
+    refs = [[tokenizer.decode(row[1:])] for row in ids.tolist()]
+    return {"transcript": ids, "transcript_mask": mask, "transcript_references": refs}
+
+
 MODALITY_SYNTHESIZERS: dict[str, Callable[..., dict[str, Any]]] = {
     "image": _image,
     "text": _text,
@@ -201,6 +224,7 @@ MODALITY_SYNTHESIZERS: dict[str, Callable[..., dict[str, Any]]] = {
 TARGET_SYNTHESIZERS: dict[str, Callable[..., dict[str, Any]]] = {
     "label": _label,
     "caption": _caption,
+    "transcript": _transcript,
 }
 
 
@@ -247,7 +271,10 @@ def fresh_synth_facts() -> dict[str, Any]:
     return {
         **SYNTH_FACTS,
         "class_names": {k: list(v) for k, v in SYNTH_CLASSES.items()},
-        "tokenizers": {"caption": synth_caption_tokenizer()},
+        "tokenizers": {
+            "caption": synth_caption_tokenizer(),
+            "transcript": synth_transcript_tokenizer(),
+        },
     }
 
 
