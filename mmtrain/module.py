@@ -16,6 +16,7 @@ from mmtrain.loss_weighting.base import GradientWeighting
 
 CHECKPOINT_KEY = "mmtrain"  # checkpoint[CHECKPOINT_KEY] = {"config": yaml, "data": state}
 TOTAL = "_total"  # the key of the total loss among the per-task evaluation losses
+REFERENCES = "_references"  # batch[<task> + REFERENCES]: the reference strings of text targets
 
 
 def is_joint(batch: Any) -> bool:
@@ -138,16 +139,19 @@ class MultimodalModule(pl.LightningModule):
             losses[task] = head.loss(outputs, target, target_mask)
             if split != "train":
                 predictions = head.predict(fused, outputs)
+                references = batch.get(f"{task}_references")
                 head.update_metrics(
                     self.metrics[f"{split}_{task}"],
                     outputs,
                     target,
                     target_mask,
                     predictions=predictions,
-                    references=batch.get(f"{task}_references"),
+                    references=references,
                 )
-                for row, pred in zip(rows, predictions):
+                for i, (row, pred) in enumerate(zip(rows, predictions)):
                     row[task] = pred
+                    if references is not None:  # text targets: written next to predictions
+                        row[f"{task}{REFERENCES}"] = references[i]
         if split == "test":
             self.predictions.extend(rows)
         return losses
@@ -167,13 +171,12 @@ class MultimodalModule(pl.LightningModule):
             batch_size = len(batch["id"])
             losses = self._task_losses(batch, split)
         total, weights = self.loss_weighting(losses)
-        if split == "train":
-            self._train_losses = losses
         if split != "train":  # logged as epoch means by _log_metrics
             for task, loss in losses.items():
                 self.eval_losses[f"{split}_{task}"].update(loss.detach(), batch_size)
             self.eval_losses[f"{split}_{TOTAL}"].update(total.detach(), batch_size)
             return total
+        self._train_losses = losses  # for a gradient-based weighting's backward
         for task, loss in losses.items():
             self.log(f"train/loss/{task}", loss, on_step=True, batch_size=batch_size)
             self.log(f"train/weight/{task}", weights[task], on_step=True, batch_size=batch_size)

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mmtrain.build import build_datamodule, build_module, build_trainer
 from mmtrain.errors import MMTrainError
-from mmtrain.module import CHECKPOINT_KEY
+from mmtrain.module import CHECKPOINT_KEY, REFERENCES
 from mmtrain.utils.config_check import check_config
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ MODEL_KEYS = (
     "model",
 )
 ROBUSTNESS = (None, "missing")
-INPUT_DATASET = "mmtrain.data.folder.ImageFolderDataset"  # predict ... input=<file or folder>
+INPUT_DATASET = "mmtrain.data.folder.InputFolderDataset"  # predict ... input=<file or folder>
 SINGLE_DATAMODULE = "mmtrain.data.datamodule.MultimodalDataModule"  # predict input= on data=multi
 
 
@@ -103,12 +103,18 @@ def _write_predictions(out_dir: Path, split: str, rows: list[dict[str, Any]]) ->
     """Predictions per task in the field's format.
 
     ``caption``: ``predictions/captions_<split>.json`` in the COCO results format
-    (``[{"image_id": int, "caption": str}]``); other tasks: ``predictions/<task>_<split>.jsonl``
-    with ``{"id": ..., "prediction": ...}`` a line.
+    (``[{"image_id": int, "caption": str}]``); ``transcript``:
+    ``predictions/transcripts_<split>.jsonl`` with ``{"id", "reference", "hypothesis"}`` a
+    line; other tasks: ``predictions/<task>_<split>.jsonl`` with ``{"id", "prediction"}``. With
+    several data sets (data=multi) the lines also name the ``source``.
     """
     written = []
     # data=multi: rows of several data sets (``source``), each with the tasks it has
-    tasks = list(dict.fromkeys(k for r in rows for k in r if k not in ("id", "source")))
+    tasks = list(
+        dict.fromkeys(
+            k for r in rows for k in r if k not in ("id", "source") and not k.endswith(REFERENCES)
+        )
+    )
     (out_dir / "predictions").mkdir(parents=True, exist_ok=True)
     for task in tasks:
         with_task = [r for r in rows if task in r]
@@ -116,14 +122,20 @@ def _write_predictions(out_dir: Path, split: str, rows: list[dict[str, Any]]) ->
             path = out_dir / "predictions" / f"captions_{split}.json"
             results = [{"image_id": _image_id(r["id"]), "caption": r[task]} for r in with_task]
             path.write_text(json.dumps(results))
-        else:
-            path = out_dir / "predictions" / f"{task}_{split}.jsonl"
-            lines = [
-                {"id": r["id"], **({"source": r["source"]} if "source" in r else {})}
-                | {"prediction": r[task]}
-                for r in with_task
-            ]
-            path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+            written.append(path)
+            continue
+        lines = []
+        for r in with_task:
+            line = {"id": r["id"], **({"source": r["source"]} if "source" in r else {})}
+            if task == "transcript":
+                references = r.get(f"{task}{REFERENCES}") or [None]
+                line |= {"reference": references[0], "hypothesis": r[task]}
+            else:
+                line["prediction"] = r[task]
+            lines.append(line)
+        name = "transcripts" if task == "transcript" else task
+        path = out_dir / "predictions" / f"{name}_{split}.jsonl"
+        path.write_text("".join(json.dumps(line) + "\n" for line in lines))
         written.append(path)
     return written
 

@@ -18,6 +18,7 @@ from conftest import QUIET
 from omegaconf import OmegaConf
 from test_coco_data import write_coco
 from test_manifest import write_manifests
+from test_speech_data import write_librispeech
 
 from mmtrain.cli import config_dir
 from mmtrain.run import run
@@ -58,6 +59,11 @@ TINY_DATA: dict[str, Callable[[Path], list[str]]] = {
     ],
     "mmtrain.data.coco.CaptionDataset": _tiny_coco,
     "mmtrain.data.manifest.ManifestDataset": _tiny_manifest,
+    "mmtrain.data.librispeech.LibriSpeechDataset": lambda folder: [
+        f"data.root={write_librispeech(folder / 'librispeech')}",
+        "data.batch_size=2",
+        "data.num_workers=0",
+    ],
     # data=multi: each shapes source tiny (the captions source is the session's tiny data)
     "mmtrain.data.multi.MultiDataModule": lambda folder: (
         [

@@ -281,3 +281,31 @@ def test_gradient_weightings_backpropagate_plainly_in_warmup() -> None:
     total, _ = w(losses)
     w.backward(losses, total, SharedParameters([shared], [shared]), lambda t: t.backward())
     assert shared.grad.tolist() == pytest.approx([0.5, 0.0])  # (1, -1) + (-0.5, 1)
+
+
+def test_gradient_weightings_honour_the_loss_scale() -> None:
+    """fp16 loss scaling and gradient accumulation multiply what is backpropagated by a factor:
+    PCGrad's gradients scale with it, GradNorm's weight update does not change."""
+    for scale in (1.0, 0.25):
+        model, pcgrad = _TwoTasks(), PCGradWeighting(NAMES)
+        losses = model.losses()
+        total, _ = pcgrad(losses)
+        pcgrad.backward(
+            losses, total * scale, model.shared_parameters(), lambda t: t.backward(), scale
+        )
+        grads = [p.grad.clone() for p in model.parameters()]
+        if scale == 1.0:
+            reference = grads
+        else:
+            assert all(torch.allclose(g, scale * r, atol=1e-7) for g, r in zip(grads, reference))
+
+    updated = []
+    for scale in (1.0, 1024.0):
+        model, gradnorm = _TwoTasks(), GradNormWeighting(NAMES, lr=0.05)
+        losses = model.losses()
+        total, _ = gradnorm(losses)
+        gradnorm.backward(
+            losses, total * scale, model.shared_parameters(), lambda t: t.backward(), scale
+        )
+        updated.append(gradnorm.task_weights.clone())
+    assert torch.allclose(updated[0], updated[1])

@@ -1,0 +1,119 @@
+"""Speech recognition end to end: fit, test (transcripts file, WER/CER), predict on audio files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import QUIET
+from test_speech_data import write_librispeech
+
+from mmtrain.run import run
+
+SHORT = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2", "data.num_workers=0"]
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from conftest import compose_cfg
+
+    tmp = tmp_path_factory.mktemp("speech")
+    root = write_librispeech(tmp / "librispeech")
+    experiment = ["experiment=librispeech_ctc", f"data.root={root}", "data.batch_size=2"]
+    small = ["encoder.audio.dim=32", "encoder.audio.layers=1", "fusion.dim=32"]
+    run("fit", compose_cfg(*experiment, *small, *SHORT, *QUIET, output_dir=tmp / "fit"))
+    return {"root": root, "tmp": tmp, "ckpt": tmp / "fit/checkpoints/last.ckpt"}
+
+
+def test_test_writes_transcripts_and_wer(fitted, compose_config) -> None:
+    out = fitted["tmp"] / "test"
+    cfg = compose_config(
+        "experiment=librispeech_ctc",
+        f"data.root={fitted['root']}",
+        f"ckpt_path={fitted['ckpt']}",
+        "head.transcript.beam_size=4",
+        *QUIET,
+        stage="test",
+        output_dir=out,
+    )
+    metrics = run("test", cfg)
+    assert {"test/transcript/wer", "test/transcript/cer"} <= set(metrics)
+    assert metrics["test/transcript/wer"] >= 0.0
+    lines = [
+        json.loads(x)
+        for x in (out / "predictions/transcripts_test.jsonl").read_text().split("\n")
+        if x
+    ]
+    assert len(lines) == 4  # test-clean: 2 speakers x 2 chapters x 1 utterance
+    for line in lines:
+        assert set(line) == {"id", "reference", "hypothesis"}
+        assert line["reference"].isupper() and isinstance(line["hypothesis"], str)
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["test/transcript/wer"] == pytest.approx(metrics["test/transcript/wer"])
+
+
+def test_predict_transcribes_audio_files(fitted, compose_config) -> None:
+    inputs = fitted["tmp"] / "inputs"
+    inputs.mkdir()
+    flacs = sorted((fitted["root"] / "test-clean").rglob("*.flac"))[:3]
+    for flac in flacs:
+        shutil.copy(flac, inputs / flac.name)
+    out = fitted["tmp"] / "predict"
+    cfg = compose_config(
+        f"ckpt_path={fitted['ckpt']}", f"input={inputs}", *QUIET, stage="predict", output_dir=out
+    )
+    run("predict", cfg)
+    lines = [
+        json.loads(x) for x in (out / "predictions/predict.jsonl").read_text().split("\n") if x
+    ]
+    assert [Path(line["file"]).name for line in lines] == [f.name for f in flacs]
+    assert all(set(line) == {"file", "transcript"} for line in lines)
+
+
+def test_predict_input_without_audio_files_is_a_clear_error(
+    fitted, compose_config, tmp_path
+) -> None:
+    from mmtrain.errors import MMTrainError
+
+    (tmp_path / "notes.txt").write_text("no audio here")
+    cfg = compose_config(
+        f"ckpt_path={fitted['ckpt']}",
+        f"input={tmp_path}",
+        *QUIET,
+        stage="predict",
+        output_dir=tmp_path / "out",
+    )
+    with pytest.raises(MMTrainError, match=r"input: no audio files \(.wav, .flac"):
+        run("predict", cfg)
+
+
+def test_manifest_transcripts_train_a_ctc_head(compose_config, tmp_path) -> None:
+    """data=manifest carries `transcript` targets: audio + transcript columns -> CTC."""
+    from test_manifest import write_rows, write_wav
+
+    rows = []
+    for i, words in enumerate(["red", "blue circle", "green", "left square"] * 2):
+        write_wav(tmp_path / "audio" / f"{i}.wav", 300.0 + 50 * i, seconds=0.1 * len(words))
+        rows.append({"id": str(i), "audio": f"audio/{i}.wav", "transcript": words})
+    train = write_rows(tmp_path / "train.jsonl", rows)
+    cfg = compose_config(
+        "experiment=manifest_label",
+        f"data.train={train}",
+        f"data.val={train}",
+        "~encoder/image",
+        "~encoder/text",
+        "~head/label",
+        "+head/transcript=ctc",
+        "encoder/audio=conv_bigru",
+        "optimized_metric=val/transcript/cer",
+        "callbacks.model_checkpoint.mode=min",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "debug=fdr",
+        *QUIET,
+        output_dir=tmp_path / "run",
+    )
+    metrics = run("fit", cfg)
+    assert {"val/transcript/wer", "val/transcript/cer", "train/loss/transcript"} <= set(metrics)
