@@ -117,3 +117,31 @@ def test_manifest_transcripts_train_a_ctc_head(compose_config, tmp_path) -> None
     )
     metrics = run("fit", cfg)
     assert {"val/transcript/wer", "val/transcript/cer", "train/loss/transcript"} <= set(metrics)
+
+
+def test_audio_visual_ctc_keeps_the_audio_token_sequence(compose_config, synth_batch, synth_facts):
+    """fusion=film fusion.target=audio: the image modulates every audio token; CTC reads them."""
+    import torch
+
+    from mmtrain.build import build_module
+
+    cfg = compose_config(
+        "experiment=librispeech_ctc",
+        "data.root=unused",
+        "encoder/image=cnn",
+        "fusion=film",
+        "fusion.target=audio",
+    )
+    module = build_module(cfg, synth_facts)
+    batch = synth_batch(["image", "audio"], ["transcript"], synth_facts)
+    module.train()
+    loss = module.training_step(batch, 0)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert module.encoders["image"].parameters().__next__().grad is not None  # the image counts
+    module.eval()
+    with torch.no_grad():
+        fused = module(batch)
+        audio = module.encoders["audio"](batch["audio"], batch["audio_mask"])
+    assert fused.tokens.shape[1] == audio.tokens.shape[1]  # one token per audio frame
+    assert torch.equal(fused.mask, audio.mask)
