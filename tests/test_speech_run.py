@@ -145,3 +145,49 @@ def test_audio_visual_ctc_keeps_the_audio_token_sequence(compose_config, synth_b
         audio = module.encoders["audio"](batch["audio"], batch["audio_mask"])
     assert fused.tokens.shape[1] == audio.tokens.shape[1]  # one token per audio frame
     assert torch.equal(fused.mask, audio.mask)
+
+
+def test_padding_does_not_change_a_transcript_end_to_end(compose_config, synth_facts) -> None:
+    """The whole model (encoder, fusion, CTC head) on a clip alone and padded in a batch."""
+    import torch
+
+    from mmtrain.build import build_module
+    from mmtrain.data.collate import collate
+
+    cfg = compose_config("experiment=librispeech_ctc", "data.root=unused", "encoder.audio.layers=2")
+    synth_facts["n_mels"] = 80
+    module = build_module(cfg, synth_facts).eval()
+    g = torch.Generator().manual_seed(0)
+    clips = [torch.randn(80, n, generator=g) for n in (120, 57)]
+    alone = collate([{"id": "a", "audio": clips[1]}])
+    padded = collate([{"id": str(i), "audio": c} for i, c in enumerate(clips)])
+    head = module.heads["transcript"]
+    with torch.no_grad():
+        out_alone = head(module(alone))[0]
+        out_padded = head(module(padded))[1]
+        n = out_alone.shape[0]
+        assert torch.allclose(out_padded[:n], out_alone, atol=1e-5)
+        assert head.predict(module(alone))[0] == head.predict(module(padded))[1]
+
+
+def test_subword_transcripts(fitted, compose_config, tmp_path) -> None:
+    """BPE output units instead of characters: data.tokenizers.transcript=BPETokenizer."""
+    cfg = compose_config(
+        "experiment=librispeech_ctc",
+        f"data.root={fitted['root']}",
+        "data.tokenizers.transcript._target_=mmtrain.data.transforms.bpe.BPETokenizer",
+        "+data.tokenizers.transcript.vocab_size=300",
+        "+data.tokenizers.transcript.min_frequency=1",
+        "encoder.audio.dim=32",
+        "encoder.audio.layers=1",
+        "fusion.dim=32",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "debug=fdr",
+        *QUIET,
+        output_dir=tmp_path,
+    )
+    metrics = run("fit", cfg)
+    assert {"val/transcript/wer", "train/loss/transcript"} <= set(metrics)
+    state = json.loads((tmp_path / "data_state.json").read_text())
+    assert "transcript" in state["targets"]
