@@ -252,6 +252,20 @@ def test_test_predictions_of_several_data_sets_name_their_source(
     labels = (tmp_path / "predict/predictions/label_test.jsonl").read_text().splitlines()
     assert len(labels) == 16  # both data sets: every sample gets every task's prediction
 
+    photos = tmp_path / "photos"  # input=: a folder replaces the data sets
+    photos.mkdir()
+    for image in sorted((tiny_data / "images").glob("test_*"))[:2]:
+        photos.joinpath(image.name).write_bytes(image.read_bytes())
+    out = tmp_path / "input"
+    run(
+        "predict",
+        compose_config(
+            *experiment, f"ckpt_path={ckpt}", f"input={photos}", stage="predict", output_dir=out
+        ),
+    )
+    lines = [json.loads(x) for x in (out / "predictions/predict.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and all({"file", "caption", "label"} <= set(x) for x in lines)
+
 
 def test_every_weighting_sweeps_from_the_command_line(scratch, tiny_data) -> None:
     proc = mmtrain(
