@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 
 from mmtrain.contracts import Batch, Features, SharedParameters
+from mmtrain.errors import MMTrainError
 from mmtrain.loss_weighting.base import GradientWeighting
 
 CHECKPOINT_KEY = "mmtrain"  # checkpoint[CHECKPOINT_KEY] = {"config": yaml, "data": state}
@@ -241,6 +242,16 @@ class MultimodalModule(pl.LightningModule):
         encoders = [p for p in self.encoders.parameters() if p.requires_grad]
         fusion = [p for p in self.fusion.parameters() if p.requires_grad]
         return SharedParameters(all=encoders + fusion, last=fusion or encoders)
+
+    def on_fit_start(self) -> None:
+        # DeepSpeed backpropagates through its engine, never through self.backward(): a
+        # gradient-based weighting would silently become a plain weighted sum.
+        strategy = type(self.trainer.strategy).__name__
+        if isinstance(self.loss_weighting, GradientWeighting) and "DeepSpeed" in strategy:
+            raise MMTrainError(
+                f"loss_weighting={type(self.loss_weighting).__name__} needs per-task gradients, "
+                f"which trainer.strategy={strategy} does not let it compute; use trainer.strategy=ddp"
+            )
 
     def on_train_epoch_end(self) -> None:
         epoch_end = getattr(self.loss_weighting, "epoch_end", None)  # DWA's epoch history

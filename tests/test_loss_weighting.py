@@ -309,3 +309,22 @@ def test_gradient_weightings_honour_the_loss_scale() -> None:
         )
         updated.append(gradnorm.task_weights.clone())
     assert torch.allclose(updated[0], updated[1])
+
+
+def test_gradient_weighting_under_deepspeed_is_a_clear_error(compose_config, synth_facts) -> None:
+    """DeepSpeed bypasses LightningModule.backward: refuse rather than silently sum."""
+    from types import SimpleNamespace
+
+    from mmtrain.build import build_module
+    from mmtrain.errors import MMTrainError
+
+    module = build_module(compose_config("loss_weighting=pcgrad"), synth_facts)
+
+    class DeepSpeedStrategy:  # stands in for Lightning's (deepspeed is not installed here)
+        pass
+
+    module.trainer = SimpleNamespace(strategy=DeepSpeedStrategy())
+    with pytest.raises(MMTrainError, match=r"PCGradWeighting needs per-task gradients"):
+        module.on_fit_start()
+    module.trainer = SimpleNamespace(strategy=object())
+    module.on_fit_start()  # any other strategy is fine
