@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
+from PIL import Image
 
 from mmtrain.build import build_datamodule, build_module, build_trainer
 from mmtrain.errors import MMTrainError
@@ -103,12 +106,14 @@ def _write_predictions(out_dir: Path, split: str, rows: list[dict[str, Any]]) ->
     """Predictions per task in the field's format.
 
     ``caption``: ``predictions/captions_<split>.json`` in the COCO results format
-    (``[{"image_id": int, "caption": str}]``); ``transcript``:
+    (``[{"image_id": int, "caption": str}]``); ``answer``: ``predictions/answers_<split>.json``
+    in the VQA results format (``[{"question_id": int, "answer": str}]``); ``transcript``:
     ``predictions/transcripts_<split>.jsonl`` with ``{"id", "reference", "hypothesis"}`` a
     line; other tasks: ``predictions/<task>_<split>.jsonl`` with ``{"id", "prediction"}``. With
     several data sets (data=multi) the lines also name the ``source``.
     """
     written = []
+    rows = _save_masks(out_dir, split, rows)  # segmentation: PNGs, their paths in the rows
     # data=multi: rows of several data sets (``source``), each with the tasks it has
     tasks = list(
         dict.fromkeys(
@@ -118,9 +123,12 @@ def _write_predictions(out_dir: Path, split: str, rows: list[dict[str, Any]]) ->
     (out_dir / "predictions").mkdir(parents=True, exist_ok=True)
     for task in tasks:
         with_task = [r for r in rows if task in r]
-        if task == "caption":
-            path = out_dir / "predictions" / f"captions_{split}.json"
-            results = [{"image_id": _image_id(r["id"]), "caption": r[task]} for r in with_task]
+        if task in ("caption", "answer"):  # the official results formats of COCO and VQA
+            name, key = (
+                ("captions", "image_id") if task == "caption" else ("answers", "question_id")
+            )
+            path = out_dir / "predictions" / f"{name}_{split}.json"
+            results = [{key: _image_id(r["id"]), task: r[task]} for r in with_task]
             path.write_text(json.dumps(results))
             written.append(path)
             continue
@@ -140,10 +148,31 @@ def _write_predictions(out_dir: Path, split: str, rows: list[dict[str, Any]]) ->
     return written
 
 
+def _save_masks(out_dir: Path, split: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Write predicted masks (class-id arrays) as ``predictions/<task>s_<split>/<id>.png``.
+
+    Returns:
+        The rows with each mask replaced by its PNG's path, relative to ``predictions/``.
+    """
+    out = []
+    for row in rows:
+        row = dict(row)
+        for task, value in row.items():
+            if isinstance(value, np.ndarray):
+                name = re.sub(r"[^\w.-]+", "_", Path(str(row["id"])).stem or str(row["id"]))
+                relative = Path(f"{task}s_{split}") / f"{name}.png"
+                (out_dir / "predictions" / relative).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(value.astype(np.uint8)).save(out_dir / "predictions" / relative)
+                row[task] = relative.as_posix()
+        out.append(row)
+    return out
+
+
 def _write_input_predictions(out_dir: Path, rows: list[dict[str, Any]]) -> Path:
     """``predictions/predict.jsonl``: ``{"file": ..., "<task>": ...}`` per input, also printed."""
     path = out_dir / "predictions" / "predict.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
+    rows = _save_masks(out_dir, "predict", rows)
     lines = [
         json.dumps({"file": r["id"], **{k: v for k, v in r.items() if k != "id"}}) for r in rows
     ]

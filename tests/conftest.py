@@ -48,8 +48,18 @@ def synth_transcript_tokenizer() -> Any:
     return CharTokenizer(max_length=16).fit(transcripts)
 
 
+def synth_answer_vocabulary() -> Any:
+    """A VQA answer vocabulary fitted on a few answers (the VQA head's data fact)."""
+    from mmtrain.data.transforms.answers import AnswerVocabulary
+
+    return AnswerVocabulary(top_k=8).fit(["yes", "no", "2", "red", "yes", "circle"])
+
+
 # Data facts (what build.py takes from the data module) for synthetic batches.
-SYNTH_CLASSES = {"label": ["circle_high", "circle_low", "square_high", "square_low", "tri_high"]}
+SYNTH_CLASSES = {
+    "label": ["circle_high", "circle_low", "square_high", "square_low", "tri_high"],
+    "mask": ["background", "circle", "square", "triangle"],  # segmentation class ids
+}
 SYNTH_FACTS: dict[str, Any] = {
     "vocab_size": 32,
     "pad_id": 0,
@@ -216,6 +226,31 @@ def _transcript(batch_size: int, facts: dict[str, Any], g: Any) -> dict[str, Any
     return {"transcript": ids, "transcript_mask": mask, "transcript_references": refs}
 
 
+def _mask(batch_size: int, facts: dict[str, Any], g: Any) -> dict[str, Any]:
+    import torch
+
+    # Per-pixel class ids at the image size; the top two rows unlabelled (ignore_index 255).
+    size = facts.get("image_size", 64)
+    num_classes = len(facts["class_names"]["mask"])
+    ids = torch.randint(0, num_classes, (batch_size, size, size), generator=g)
+    ids[:, :2, :] = 255
+    return {"mask": ids}
+
+
+def _answer(batch_size: int, facts: dict[str, Any], g: Any) -> dict[str, Any]:
+    import torch
+
+    vocab = facts["tokenizers"]["answer"]
+    # 10 human answers per question (ids, <unk> = 1 among them); padded samples have fewer.
+    ids = torch.randint(1, vocab.vocab_size, (batch_size, 10), generator=g)
+    mask = torch.zeros(batch_size, 10, dtype=torch.bool)
+    for i, n in enumerate(_lengths(batch_size, 10, 6)):
+        mask[i, :n] = True
+    ids[~mask] = vocab.pad_id
+    refs = [[vocab.vocab[j] for j in row[real].tolist()] for row, real in zip(ids, mask)]
+    return {"answer": ids, "answer_mask": mask, "answer_references": refs}
+
+
 MODALITY_SYNTHESIZERS: dict[str, Callable[..., dict[str, Any]]] = {
     "image": _image,
     "text": _text,
@@ -225,6 +260,8 @@ TARGET_SYNTHESIZERS: dict[str, Callable[..., dict[str, Any]]] = {
     "label": _label,
     "caption": _caption,
     "transcript": _transcript,
+    "answer": _answer,
+    "mask": _mask,
 }
 
 
@@ -274,6 +311,7 @@ def fresh_synth_facts() -> dict[str, Any]:
         "tokenizers": {
             "caption": synth_caption_tokenizer(),
             "transcript": synth_transcript_tokenizer(),
+            "answer": synth_answer_vocabulary(),
         },
     }
 

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from test_coco_data import write_coco
 from test_manifest import write_manifests
 from test_speech_data import write_librispeech
+from test_vqa import write_vqa
 
 from mmtrain.cli import config_dir
 from mmtrain.run import run
@@ -59,6 +60,12 @@ TINY_DATA: dict[str, Callable[[Path], list[str]]] = {
     ],
     "mmtrain.data.coco.CaptionDataset": _tiny_coco,
     "mmtrain.data.manifest.ManifestDataset": _tiny_manifest,
+    "mmtrain.data.vqa.VQADataset": lambda folder: [
+        f"data.root={write_vqa(folder / 'vqa')}",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "data.image.size=64",
+    ],
     "mmtrain.data.librispeech.LibriSpeechDataset": lambda folder: [
         f"data.root={write_librispeech(folder / 'librispeech')}",
         "data.batch_size=2",

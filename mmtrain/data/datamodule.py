@@ -77,7 +77,10 @@ class MultimodalDataModule(pl.LightningDataModule):
     A task with a tokenizer in ``tokenizers`` is a text target (``caption``): it is encoded as
     ``<bos> ids <eos>`` and batched as ``caption (B, L)`` + ``caption_mask``; its raw strings go
     along as ``<task>_references`` (all references of an image when the data set gives them,
-    under ``<task>_references``, else the one target string). Other tasks are class labels.
+    under ``<task>_references``, else the one target string). A tokenizer with
+    ``soft_targets`` (VQA's :class:`~mmtrain.data.transforms.answers.AnswerVocabulary`)
+    encodes all the references instead (``answer (B, A)``: the ids of every human answer).
+    Other tasks are class labels.
 
     Bad samples: a sample whose loading raises :class:`MMTrainError` (a missing or unreadable
     file, a wrong type, an unknown class...) stops the run with that error, which names the
@@ -299,9 +302,13 @@ class MultimodalDataModule(pl.LightningDataModule):
             if task not in item:
                 continue
             if task in self.tokenizers:
-                out[task] = self.tokenizers[task].encode(str(item[task]), add_special=True)
-                refs = item.get(f"{task}_references")
-                out[f"{task}_references"] = list(refs) if refs else [str(item[task])]
+                tokenizer, refs = self.tokenizers[task], item.get(f"{task}_references")
+                refs = list(refs) if refs else [str(item[task])]
+                if getattr(tokenizer, "soft_targets", False):  # VQA: every human answer
+                    out[task] = tokenizer.encode_answers(refs)
+                else:
+                    out[task] = tokenizer.encode(str(item[task]), add_special=True)
+                out[f"{task}_references"] = refs
             else:
                 out[task] = self._encode_target(task, item[task], item["id"])
         return out
