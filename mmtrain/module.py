@@ -250,7 +250,7 @@ class MultimodalModule(pl.LightningModule):
         if isinstance(self.loss_weighting, GradientWeighting) and "DeepSpeed" in strategy:
             raise MMTrainError(
                 f"loss_weighting={type(self.loss_weighting).__name__} needs per-task gradients, "
-                f"which trainer.strategy={strategy} does not let it compute; use trainer.strategy=ddp"
+                f"which trainer.strategy={strategy} does not let it compute; use ddp instead"
             )
 
     def on_train_epoch_end(self) -> None:
