@@ -40,8 +40,13 @@ def build_datamodule(cfg: DictConfig) -> MultimodalDataModule:
         "data",
         _allowed(cfg),
         modalities=list(cfg.get("encoder") or {}),
-        tasks=list(cfg.get("head") or {}),
+        tasks=[task for task, node in (cfg.get("head") or {}).items() if not _unfused(node)],
     )
+
+
+def _unfused(node: DictConfig) -> bool:
+    """Whether the head reads the encoders' features and needs no target column (retrieval)."""
+    return bool(getattr(get_object(node._target_), "unfused", False))
 
 
 def head_facts(facts: dict[str, Any], task: str) -> dict[str, Any]:
@@ -85,9 +90,9 @@ def build_module(
                 f"data.tokenizers.{task} (e.g. +data.tokenizers.{task}._target_="
                 "mmtrain.data.transforms.WordTokenizer)"
             )
-        heads[task] = safe_instantiate(
-            node, f"head.{task}", extra, in_dim=int(fusion.out_dim), **wired
-        )
+        # A head reading the encoders' own features (retrieval) gets their widths instead.
+        width = {"in_dims": in_dims} if "in_dims" in params else {"in_dim": int(fusion.out_dim)}
+        heads[task] = safe_instantiate(node, f"head.{task}", extra, **width, **wired)
     weighting = safe_instantiate(cfg.loss_weighting, "loss_weighting", extra, names=list(heads))
     optimizer = safe_instantiate(cfg.optimizer, "optimizer", extra)
     scheduler = (

@@ -27,6 +27,11 @@ def is_joint(batch: Any) -> bool:
     )
 
 
+def _unfused(head: nn.Module) -> bool:
+    """Whether ``head`` reads the encoders' features rather than the fusion's (retrieval)."""
+    return bool(getattr(head, "unfused", False))
+
+
 def _rows(batch: Batch) -> list[dict[str, Any]]:
     """A prediction row per sample: its ``id`` and, with data=multi, its data set (``source``)."""
     rows = [{"id": sample_id} for sample_id in batch["id"]]
@@ -94,8 +99,8 @@ class MultimodalModule(pl.LightningModule):
         self.predictions: list[dict[str, Any]] = []
         self._train_losses: dict[str, Tensor] = {}  # the step's task losses, for backward()
 
-    def forward(self, batch: Batch) -> Features:
-        """Encode the modalities present in ``batch`` (less ``without``) and fuse them."""
+    def encode(self, batch: Batch) -> dict[str, Features]:
+        """``{modality: Features}`` of the modalities present in ``batch`` (less ``without``)."""
         features = {
             m: enc(batch[m], batch.get(f"{m}_mask"))
             for m, enc in self.encoders.items()
@@ -103,7 +108,27 @@ class MultimodalModule(pl.LightningModule):
         }
         if self.training and self.modality_dropout > 0 and len(features) > 1:
             features = self._drop_modalities(features)
-        return self.fusion(features)
+        return features
+
+    def forward(self, batch: Batch) -> Features:
+        """Encode the modalities present in ``batch`` (less ``without``) and fuse them."""
+        return self.fusion(self.encode(batch))
+
+    def _head_inputs(
+        self, batch: Batch, features: dict[str, Features]
+    ) -> dict[str, Features | dict[str, Features] | None]:
+        """What each head reads: the fused features, or for an ``unfused`` head (two-tower
+        retrieval) the encoders' own, or None when the batch lacks one of its modalities."""
+        fused = self.fusion(features) if any(not _unfused(h) for h in self.heads.values()) else None
+        inputs: dict[str, Features | dict[str, Features] | None] = {}
+        for task, head in self.heads.items():
+            if not _unfused(head):
+                inputs[task] = fused
+            elif all(m in features for m in head.modalities):
+                inputs[task] = features
+            else:
+                inputs[task] = None
+        return inputs
 
     def _drop_modalities(self, features: dict[str, Features]) -> dict[str, Features]:
         """Mask out whole modalities of random samples, keeping one per sample at least."""
@@ -129,13 +154,19 @@ class MultimodalModule(pl.LightningModule):
     def _task_losses(self, batch: Batch, split: str) -> dict[str, Tensor]:
         """``{task: loss}`` of the tasks whose target is in ``batch``; in evaluation, also
         updates the metrics (and, in test, collects the predictions)."""
-        fused = self(batch)
+        inputs = self._head_inputs(batch, self.encode(batch))
         losses: dict[str, Tensor] = {}
         rows = _rows(batch)
         for task, head in self.heads.items():
-            if task not in batch:  # this batch carries no target for the task
+            if _unfused(head):  # its target: which pairs show the same image
+                if inputs[task] is None:  # the batch lacks one of its modalities
+                    continue
+                target, target_mask = head.target_from_ids(batch["id"], self.device), None
+            elif task in batch:
+                target, target_mask = batch[task], batch.get(f"{task}_mask")
+            else:  # this batch carries no target for the task
                 continue
-            target, target_mask = batch[task], batch.get(f"{task}_mask")
+            fused = inputs[task]
             outputs = head(fused, target, target_mask)
             losses[task] = head.loss(outputs, target, target_mask)
             if split != "train":
@@ -270,10 +301,12 @@ class MultimodalModule(pl.LightningModule):
     def predict_step(
         self, batch: Batch, batch_idx: int, dataloader_idx: int = 0
     ) -> list[dict[str, Any]]:
-        fused = self(batch)
+        inputs = self._head_inputs(batch, self.encode(batch))
         rows = _rows(batch)
         for task, head in self.heads.items():
-            for row, pred in zip(rows, head.predict(fused)):
+            if inputs[task] is None:
+                continue
+            for row, pred in zip(rows, head.predict(inputs[task])):
                 row[task] = pred
         return rows
 

@@ -261,6 +261,8 @@ TARGET_SYNTHESIZERS: dict[str, Callable[..., dict[str, Any]]] = {
     "caption": _caption,
     "transcript": _transcript,
     "answer": _answer,
+    # two-tower retrieval needs no target: it pairs each sample's image with its text
+    "retrieval": lambda batch_size, facts, g: {},
     "mask": _mask,
 }
 

@@ -10,11 +10,14 @@ with ALBEF/BLIP's multi-positive targets when several texts of a batch describe 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from mmtrain.contracts import Features
 
 
 def gather_with_grad(x: Tensor) -> Tensor:
@@ -188,3 +191,110 @@ class LogitScale(nn.Module):
     def scale(self) -> Tensor:
         """The multiplier of the cosine similarities, ``exp(log_scale)`` clamped at max_scale."""
         return self.log_scale.exp().clamp(max=self.max_scale)
+
+
+class ContrastiveHead(nn.Module):
+    """Two-tower image-text retrieval (CLIP): each modality's own features, not the fused ones.
+
+    The module hands this head ``{modality: Features}`` of the encoders (``unfused``): each of
+    the two modalities is mean-pooled over its real tokens, projected
+    (:class:`ContrastiveProjection`) into a joint space and L2-normalised. The loss is
+    :func:`clip_loss` with a learnable temperature (:class:`LogitScale`); across DDP ranks the
+    embeddings are gathered with their gradients, so the negatives are those of the global
+    batch. The target is the image id of each pair (:meth:`target_from_ids`, from the batch's
+    ``id``): pairs of the same image (several captions) are not each other's negatives, and
+    recall counts any caption of the image. Metrics: recall@K both ways over the whole split
+    (:class:`~mmtrain.metrics.retrieval.RetrievalRecall`: ``i2t_r1``... ``t2i_r10``). The head
+    runs on the batches that have both modalities; it needs no target column.
+
+    Args:
+        in_dims: ``{modality: encoder out_dim}`` (wired by build.py).
+        modalities: the two towers, ``(query side, gallery side)``: image and text.
+        dim: joint embedding width.
+        init_temperature: starting temperature (CLIP: 0.07).
+        dropout: dropout in the projections.
+        ks: the K of recall@K.
+
+    Raises:
+        ValueError: for other than two modalities, or one without an encoder.
+    """
+
+    unfused = True  # gets the encoders' features, not the fusion's
+
+    def __init__(
+        self,
+        in_dims: dict[str, int],
+        modalities: list[str] = ("image", "text"),
+        dim: int = 256,
+        init_temperature: float = 0.07,
+        dropout: float = 0.1,
+        ks: list[int] = (1, 5, 10),
+    ) -> None:
+        super().__init__()
+        modalities = list(modalities)
+        missing = [m for m in modalities if m not in in_dims]
+        if len(modalities) != 2 or missing:
+            raise ValueError(
+                f"modalities must be two modalities with an encoder, got {modalities} "
+                f"(encoders: {sorted(in_dims)})"
+            )
+        self.modalities = modalities
+        self.projections = nn.ModuleDict(
+            {m: ContrastiveProjection(in_dims[m], dim, dropout) for m in modalities}
+        )
+        self.logit_scale = LogitScale(init_temperature)
+        self.ks = tuple(ks)
+
+    @staticmethod
+    def target_from_ids(ids: list[str], device: torch.device | None = None) -> Tensor:
+        """``(B,)`` long image ids from the batch's sample ids (equal ids: the same image)."""
+        from mmtrain.metrics.retrieval import id_to_int
+
+        return torch.tensor([id_to_int(i) for i in ids], dtype=torch.long, device=device)
+
+    def forward(
+        self,
+        features: dict[str, Features],
+        target: Tensor | None = None,
+        target_mask: Tensor | None = None,
+    ) -> Tensor:
+        """``(B, 2, dim)``: the normalised embeddings of the two towers, stacked."""
+        embeddings = [
+            F.normalize(self.projections[m](features[m].pooled()), dim=-1) for m in self.modalities
+        ]
+        return torch.stack(embeddings, dim=1)
+
+    def loss(self, outputs: Tensor, target: Tensor, target_mask: Tensor | None = None) -> Tensor:
+        """:func:`clip_loss` of the two towers' embeddings; ``target``: the image ids."""
+        return clip_loss(
+            outputs[:, 0], outputs[:, 1], self.logit_scale(), target, self.logit_scale.max_scale
+        )
+
+    def make_metrics(self) -> Any:
+        from mmtrain.metrics.retrieval import RetrievalRecall
+
+        return RetrievalRecall(ks=self.ks)
+
+    def update_metrics(
+        self,
+        metrics: Any,
+        outputs: Tensor,
+        target: Tensor,
+        target_mask: Tensor | None = None,
+        predictions: list[Any] | None = None,
+        references: list[Any] | None = None,
+    ) -> None:
+        """Collect the split's embeddings and image ids; recall is computed over all of them."""
+        metrics.update(outputs[:, 0], outputs[:, 1], target)
+
+    def predict(self, features: dict[str, Features], outputs: Tensor | None = None) -> list:
+        """The two embeddings of each sample, as lists (for indexing a gallery)."""
+        outputs = self(features) if outputs is None else outputs
+        return [
+            {m: row[i].tolist() for i, m in enumerate(self.modalities)} for row in outputs.detach()
+        ]
+
+    def decode(self, outputs: Tensor) -> list:
+        return [
+            {m: row[i].tolist() for i, m in enumerate(self.modalities)} for row in outputs.detach()
+        ]

@@ -1,0 +1,52 @@
+"""head/retrieval=contrastive in the model: two towers on the encoders' features, no target."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from conftest import QUIET, TINY_DATA
+
+from mmtrain.build import build_module
+from mmtrain.heads.contrastive import ContrastiveHead, clip_loss
+from mmtrain.run import run
+
+
+def _losses(module, batch):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*self.log.*")
+        return module._task_losses(batch, "train")
+
+
+def test_the_head_reads_each_tower_and_skips_batches_without_one(
+    compose_config, synth_batch, synth_facts
+) -> None:
+    torch.manual_seed(0)
+    module = build_module(compose_config("+head/retrieval=contrastive"), synth_facts).eval()
+    head = module.heads["retrieval"]
+    assert isinstance(head, ContrastiveHead)
+    batch = synth_batch(["image", "text", "audio"], ["label"], synth_facts, batch_size=3)
+    losses = _losses(module, batch)
+    features = module.encode(batch)
+    outputs = head(features)
+    assert outputs.shape == (3, 2, 128)
+    assert torch.allclose(outputs.norm(dim=-1), torch.ones(3, 2), atol=1e-5)
+    ids = head.target_from_ids(batch["id"])
+    expected = clip_loss(outputs[:, 0], outputs[:, 1], head.logit_scale(), ids)
+    assert torch.allclose(losses["retrieval"], expected)
+    # only the text tower changes with the text: the image embeddings do not
+    other = dict(batch, text=batch["text"].flip(0), text_mask=batch["text_mask"].flip(0))
+    assert torch.allclose(head(module.encode(other))[:, 0], outputs[:, 0])
+
+    no_text = {k: v for k, v in batch.items() if not k.startswith("text")}
+    assert "retrieval" not in _losses(module, no_text) and "label" in _losses(module, no_text)
+
+
+def test_fit_logs_recall_both_ways(compose_config, tiny_data, tmp_path) -> None:
+    cfg = compose_config(
+        "+head/retrieval=contrastive", "debug=fdr", *TINY_DATA, *QUIET, output_dir=tmp_path
+    )
+    metrics = run("fit", cfg)
+    for key in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"):
+        assert 0.0 <= metrics[f"val/retrieval/{key}"] <= 1.0
+    assert "train/loss/retrieval" in metrics
