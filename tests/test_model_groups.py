@@ -203,8 +203,8 @@ def test_fusion_accepts_missing_modality(option, case, compose_config, synth_bat
 
 def test_unknown_task_needs_a_synthesizer(synth_batch):
     """A head for a new task fails the generated tests with a message saying what to add."""
-    with pytest.raises(pytest.fail.Exception, match=r"no synthesizer for task 'answer'.*conftest"):
-        synth_batch(["image"], ["answer"])
+    with pytest.raises(pytest.fail.Exception, match=r"no synthesizer for task 'speaker'.*conftest"):
+        synth_batch(["image"], ["speaker"])
     with pytest.raises(pytest.fail.Exception, match=r"no synthesizer for modality 'video'"):
         synth_batch(["video"], ["label"])
 
