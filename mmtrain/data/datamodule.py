@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import re
 from collections.abc import Callable
 from functools import partial
 from typing import Any, Literal
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mmtrain.data.bad_samples import (
@@ -20,11 +23,15 @@ from mmtrain.data.bad_samples import (
     collate_checked,
 )
 from mmtrain.data.transforms import AudioTransform, ImageTransform, WordTokenizer
+from mmtrain.data.transforms.image import IGNORE_INDEX
 from mmtrain.errors import MMTrainError
+
+log = logging.getLogger(__name__)
 
 SPLIT_OF_STAGE = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
 SPLIT_FILES = ("train", "val", "test")
 _INT = re.compile(r"[+-]?\d+")
+MASK = "mask"  # the segmentation target: (H, W) class ids, transformed with its image
 
 
 def split_kwargs(
@@ -80,6 +87,10 @@ class MultimodalDataModule(pl.LightningDataModule):
     under ``<task>_references``, else the one target string). A tokenizer with
     ``soft_targets`` (VQA's :class:`~mmtrain.data.transforms.answers.AnswerVocabulary`)
     encodes all the references instead (``answer (B, A)``: the ids of every human answer).
+    The ``mask`` task is a segmentation target: ``(H, W)`` class ids (``255``: unlabelled)
+    that go through the image's transform together with their image (the same crop and flip,
+    nearest resizing) and are batched as ``mask (B, S, S)`` long. Its class names are
+    ``mask_classes`` (index = class id), never values of the training split (file names).
     Other tasks are class labels.
 
     Bad samples: a sample whose loading raises :class:`MMTrainError` (a missing or unreadable
@@ -113,11 +124,16 @@ class MultimodalDataModule(pl.LightningDataModule):
         on_error: ``raise`` (stop at the first bad sample) or ``skip`` (drop and count).
         max_skipped: with ``skip``, the most samples skipped in one pass over a split: below 1
             a fraction of the split (0.01: 1%, rounded down), from 1 on a number of samples.
+        mask_classes: the class names of the ``mask`` target, index = class id (background
+            included); the model gets them as ``class_names["mask"]`` (the segmentation head's
+            ``num_classes`` and ``class_names``). None: the head needs
+            ``head.mask.num_classes`` in its YAML, and mask ids are not checked.
 
     Raises:
         ValueError: for a non-positive batch size, negative worker count, unknown
-            ``on_error``, negative ``max_skipped``, or split files that ``dataset`` does not
-            take.
+            ``on_error``, negative ``max_skipped``, split files that ``dataset`` does not
+            take, ``mask_classes`` that are not 2 to 255 distinct names, or a ``mask`` task
+            without the ``image`` modality.
     """
 
     def __init__(
@@ -139,6 +155,7 @@ class MultimodalDataModule(pl.LightningDataModule):
         predict_split: str = "test",
         on_error: Literal["raise", "skip"] = "raise",
         max_skipped: float = 0.01,
+        mask_classes: list[str] | None = None,
     ) -> None:
         super().__init__()
         if batch_size <= 0 or num_workers < 0:
@@ -169,6 +186,20 @@ class MultimodalDataModule(pl.LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.predict_split = predict_split
         self.class_names: dict[str, list[str]] = {}
+        if MASK in self.tasks and "image" not in self.modalities:
+            raise ValueError(
+                "head/mask (segmentation) needs the image modality: its masks are transformed "
+                "with their images; add an image encoder (encoder/image=...)"
+            )
+        if mask_classes is not None:
+            names = [str(n) for n in mask_classes]
+            # ids are uint8 and 255 is the unlabelled id: at most 255 classes
+            if not 2 <= len(names) <= IGNORE_INDEX or len(set(names)) != len(names):
+                raise ValueError(
+                    f"mask_classes must be 2 to {IGNORE_INDEX} distinct class names (index = "
+                    f"class id), got {names}"
+                )
+            self.class_names[MASK] = names
         self.datasets: dict[str, Dataset] = {}
 
     # ---- Lightning hooks ------------------------------------------------------------------
@@ -210,7 +241,14 @@ class MultimodalDataModule(pl.LightningDataModule):
         if "text" in self.modalities and not tokenizer.fitted:
             tokenizer.fit([v for v in values("text") if isinstance(v, str)])
         for task in self.tasks:
-            if task in self.tokenizers:
+            if task == MASK:  # class names from data.mask_classes only: values are file names
+                if task not in self.class_names:
+                    log.warning(
+                        "data.mask_classes is not set: head/mask gets no class names, so "
+                        "head.mask.num_classes must be set (or set data.mask_classes=[...], "
+                        "the names of the mask's class ids)"
+                    )
+            elif task in self.tokenizers:
                 if not self.tokenizers[task].fitted:
                     self.tokenizers[task].fit(
                         [str(v) for v in values(task) if isinstance(v, (str, int, float))]
@@ -226,7 +264,10 @@ class MultimodalDataModule(pl.LightningDataModule):
         return (
             ("text" in self.modalities and not text.fitted)
             or any(not t.fitted for task, t in self.tokenizers.items() if task in self.tasks)
-            or any(t not in self.tokenizers and t not in self.class_names for t in self.tasks)
+            or any(
+                t not in self.tokenizers and t not in self.class_names and t != MASK
+                for t in self.tasks
+            )
         )
 
     def _check_columns(self, dataset: Dataset, split: str = "train") -> None:
@@ -291,7 +332,15 @@ class MultimodalDataModule(pl.LightningDataModule):
         """Preprocess one raw item into tensors keyed like the batch."""
         out: dict[str, Any] = {"id": item["id"]}
         # A modality or target the item lacks is left out (predict inputs have no targets).
-        if "image" in self.modalities and "image" in item:
+        with_mask = MASK in self.tasks and MASK in item
+        if with_mask and "image" not in item:
+            raise MMTrainError(
+                f"sample {item['id']}: the mask target needs its image (it is cropped and "
+                "resized with it), but the sample has none"
+            )
+        if with_mask:  # the same crop, flip and resize for the image and its mask
+            out["image"], out[MASK] = self._encode_with_mask(item, train)
+        elif "image" in self.modalities and "image" in item:
             out["image"] = self.transforms["image"](item["image"], train=train)
         if "text" in self.modalities and "text" in item:
             out["text"] = self.transforms["text"].encode(item["text"])
@@ -299,7 +348,7 @@ class MultimodalDataModule(pl.LightningDataModule):
             samples, rate = item["audio"]
             out["audio"] = self.transforms["audio"](samples, rate, train=train)
         for task in self.tasks:
-            if task not in item:
+            if task not in item or task in out:
                 continue
             if task in self.tokenizers:
                 tokenizer, refs = self.tokenizers[task], item.get(f"{task}_references")
@@ -312,6 +361,29 @@ class MultimodalDataModule(pl.LightningDataModule):
             else:
                 out[task] = self._encode_target(task, item[task], item["id"])
         return out
+
+    def _encode_with_mask(self, item: dict[str, Any], train: bool) -> tuple[Tensor, Tensor]:
+        """The image and its mask through the same transform: ``(3, S, S)``, ``(S, S)`` long.
+
+        Raises:
+            MMTrainError: naming the sample, for a mask that is not ``(H, W)`` ids of its
+                image's size, or whose ids are neither classes of ``mask_classes`` nor 255.
+        """
+        sample_id, mask = item["id"], item[MASK]
+        names = self.class_names.get(MASK)
+        if names is not None:
+            ids = np.unique(np.asarray(mask))
+            bad = [int(i) for i in ids if not (0 <= i < len(names) or i == IGNORE_INDEX)]
+            if bad:
+                raise MMTrainError(
+                    f"sample {sample_id}: mask class ids {bad[:5]} are not classes of "
+                    f"data.mask_classes ({len(names)} classes: ids 0-{len(names) - 1}, "
+                    f"{IGNORE_INDEX} unlabelled)"
+                )
+        try:
+            return self.transforms["image"](item["image"], train=train, mask=mask)
+        except ValueError as err:  # a mask of the wrong shape or size
+            raise MMTrainError(f"sample {sample_id}: {err}") from None
 
     def _encode_target(self, task: str, value: Any, sample_id: str) -> torch.Tensor:
         names = self.class_names.get(task)

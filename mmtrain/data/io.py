@@ -1,4 +1,4 @@
-"""Reading image and audio files, with errors that name the file."""
+"""Reading image, mask and audio files, with errors that name the file."""
 
 from __future__ import annotations
 
@@ -24,6 +24,55 @@ def load_image(path: str | Path) -> Image.Image:
         raise MMTrainError(f"image file not found: {path}") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise MMTrainError(f"cannot decode image {path}: {err}") from None
+
+
+# PIL modes of single-channel masks: 8-bit grey, palette (VOC, ADE20K), bilevel, 16/32-bit grey.
+MASK_MODES = ("L", "P", "1", "I;16", "I")
+
+
+def load_mask(path: str | Path) -> np.ndarray:
+    """Decode a segmentation mask (a PNG of class ids) into a ``(H, W)`` uint8 array.
+
+    The pixel values are the class ids: grey levels in mode ``L``; palette indices in mode
+    ``P`` (the colours of the palette are only for viewing, as in Pascal VOC and ADE20K
+    masks); 0/1 in mode ``1``; 16/32-bit grey (``I;16``, ``I``) when every value is below 256.
+    255 is the usual id of unlabelled pixels (the head's ``ignore_index``).
+
+    Args:
+        path: the mask file.
+
+    Returns:
+        The ``(H, W)`` uint8 class ids.
+
+    Raises:
+        MMTrainError: if the file is missing, not an image or truncated, has colour channels
+            (an RGB or RGBA mask: the ids must be grey levels or palette indices), or holds
+            values above 255.
+    """
+    try:
+        with Image.open(path) as img:
+            mode = img.mode
+            if mode not in MASK_MODES:
+                raise MMTrainError(
+                    f"mask {path} has mode {mode} ({len(img.getbands())} channels): a mask must "
+                    "be a single-channel PNG of class ids (mode L, or P with palette indices "
+                    "as ids), not colours; convert it with a colour -> id table"
+                )
+            ids = np.array(img)  # array() forces the full decode inside the try
+    except FileNotFoundError:
+        raise MMTrainError(f"mask file not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise MMTrainError(f"cannot decode mask {path}: {err}") from None
+    if ids.ndim != 2:
+        raise MMTrainError(f"mask {path} has shape {ids.shape}, expected (H, W)")
+    if ids.dtype != np.uint8:
+        if ids.size and (ids.min() < 0 or ids.max() > 255):
+            raise MMTrainError(
+                f"mask {path} has class ids in [{ids.min()}, {ids.max()}]: ids must be in "
+                "[0, 255] (255: unlabelled)"
+            )
+        ids = ids.astype(np.uint8)
+    return ids
 
 
 def load_audio(path: str | Path) -> tuple[np.ndarray, int]:

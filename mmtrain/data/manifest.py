@@ -2,7 +2,8 @@
 
 Columns: ``id`` (optional), the modalities ``image`` and ``audio`` (file paths, relative to the
 manifest file) and ``text`` (a string), and one column per task target, named after the task
-(``label``: a class name or an integer; ``caption``, ``transcript``: strings).
+(``label``: a class name or an integer; ``caption``, ``transcript``: strings; ``mask``: the file
+path of a PNG of class ids, relative to the manifest file like ``image``).
 
 A split comes from one file (``path``) or is picked by name from the ``train`` / ``val`` /
 ``test`` files that ``data=manifest`` sets (``data.train=...``), as the data module calls it.
@@ -13,17 +14,23 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from torch.utils.data import Dataset
 
-from mmtrain.data.io import load_audio, load_image
+from mmtrain.data.io import load_audio, load_image, load_mask
 from mmtrain.errors import MMTrainError
 
 log = logging.getLogger(__name__)
 
-FILE_COLUMNS = ("image", "audio")
+FILE_COLUMNS = ("image", "audio", "mask")
+LOADERS: dict[str, Callable[[Path], Any]] = {
+    "image": load_image,
+    "audio": load_audio,
+    "mask": load_mask,
+}
 STRING_COLUMNS = ("text",)
 SPLITS = ("train", "val", "test")
 
@@ -37,7 +44,7 @@ def _kind(value: Any) -> str:
 def check_value(column: str, value: Any) -> str | None:
     """What is wrong with ``value`` in ``column``, or None if it has the column's type.
 
-    ``image`` / ``audio``: a non-empty string (a path); ``text``: a string;
+    ``image`` / ``audio`` / ``mask``: a non-empty string (a path); ``text``: a string;
     ``<task>_references``: a list of strings; any other column (a target): a string or a
     number (an integer class, a score), not a list, an object or a boolean.
     """
@@ -59,14 +66,16 @@ class ManifestDataset(Dataset):
     """Samples listed in a ``.jsonl`` or ``.csv`` manifest (any other suffix reads as JSONL).
 
     Items are dicts: ``id`` (the ``id`` column, else the sample's index), ``image`` as a PIL RGB
-    image, ``audio`` as ``(samples (C, T) float32, rate)``, ``text`` as a string and targets as
+    image, ``audio`` as ``(samples (C, T) float32, rate)``, ``text`` as a string, ``mask`` as
+    ``(H, W)`` uint8 class ids (:func:`~mmtrain.data.io.load_mask`) and other targets as
     written in the manifest, for the requested columns. An empty CSV cell and a JSON ``null``
     are an absent value.
 
     Which file: ``path`` if given, else the file of ``split`` among ``train``, ``val`` and
     ``test``; ``test=None`` tests on ``val`` (logged). A relative manifest path is resolved
-    against ``root`` if given, else the working directory; the ``image`` / ``audio`` paths in
-    a manifest are relative to the manifest's own folder (absolute paths are used as they are).
+    against ``root`` if given, else the working directory; the ``image`` / ``audio`` / ``mask``
+    paths in a manifest are relative to the manifest's own folder (absolute paths are used as
+    they are).
 
     A bad sample (a missing column, a wrong type, a missing or unreadable file) is an
     :class:`MMTrainError` naming the manifest and its line (``train.jsonl:7: ...``) when the
@@ -186,7 +195,7 @@ class ManifestDataset(Dataset):
             if col in FILE_COLUMNS:
                 file = self.path.parent / value
                 try:
-                    value = load_image(file) if col == "image" else load_audio(file)
+                    value = LOADERS[col](file)
                 except MMTrainError as err:
                     raise MMTrainError(f"{self.where(index)}: {err}") from None
             item[col] = value

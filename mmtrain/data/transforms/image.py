@@ -1,14 +1,47 @@
-"""Image preprocessing with torchvision transforms v2."""
+"""Image preprocessing with torchvision transforms v2, and the segmentation mask along with it."""
 
 from __future__ import annotations
 
+from typing import overload
+
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+IGNORE_INDEX = 255  # mask value of unlabelled pixels (the segmentation head's ignore_index)
+
+
+def as_mask(mask: np.ndarray | Tensor | Image.Image) -> tv_tensors.Mask:
+    """A ``(1, H, W)`` uint8 :class:`tv_tensors.Mask` of class ids.
+
+    Args:
+        mask: ``(H, W)`` class ids: an array, a tensor or a single-channel PIL image.
+
+    Returns:
+        The mask, which v2 transforms resize with nearest interpolation and which photometric
+        transforms and normalisation leave untouched.
+
+    Raises:
+        ValueError: for a mask that is not ``(H, W)`` or has ids outside ``[0, 255]``.
+    """
+    ids = mask if isinstance(mask, Tensor) else torch.tensor(np.asarray(mask))  # a copy
+    if ids.ndim != 2:
+        raise ValueError(f"a mask must be (H, W) class ids, got shape {tuple(ids.shape)}")
+    if ids.dtype != torch.uint8:
+        if ids.is_floating_point() or ids.dtype == torch.bool:
+            ids = ids.to(torch.int64)
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) > IGNORE_INDEX):
+            raise ValueError(
+                f"mask class ids must be in [0, {IGNORE_INDEX}], got "
+                f"[{int(ids.min())}, {int(ids.max())}]"
+            )
+        ids = ids.to(torch.uint8)  # nearest resizing of uint8 is exact; ids fit in 8 bits
+    return tv_tensors.Mask(ids.unsqueeze(0))
 
 
 class ImageTransform:
@@ -16,6 +49,13 @@ class ImageTransform:
 
     Training: ``RandomResizedCrop(size, crop_scale)``, horizontal flip with ``hflip`` and colour
     jitter of strength ``color_jitter``. Evaluation: a plain resize to ``(size, size)``.
+
+    With a segmentation mask (``mask=``), the mask goes through the same pipeline in the same
+    call, as a :class:`torchvision.tv_tensors.Mask`: the same crop and flip as its image,
+    resized with nearest interpolation (class ids are never blended; torchvision's
+    ``NEAREST``), never colour-jittered or normalised. None of these operations reads outside
+    the image, so no pixel needs a fill; the ids, ``255`` (unlabelled) included, are kept as
+    they are. Passing a mask draws the same random numbers in the same order as passing none.
 
     Args:
         size: output height and width.
@@ -46,6 +86,8 @@ class ImageTransform:
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"crop_scale must satisfy 0 < lo <= hi <= 1, got {list(crop_scale)}")
         self.size = size
+        # ToImage converts the PIL image only; ToDtype (one dtype) and Normalize touch images
+        # only: a Mask passes through all three unchanged.
         finish = [
             v2.ToImage(),
             v2.ToDtype(torch.float32, scale=True),
@@ -59,6 +101,43 @@ class ImageTransform:
         self.eval_transform = v2.Compose([v2.Resize((size, size), antialias=True), *finish])
         self.train_transform = v2.Compose([*train_ops, *finish]) if augment else self.eval_transform
 
-    def __call__(self, image: Image.Image, train: bool = False) -> Tensor:
-        """Transform one PIL image; ``train`` selects the augmenting pipeline."""
-        return (self.train_transform if train else self.eval_transform)(image)
+    @overload
+    def __call__(self, image: Image.Image, train: bool = False, mask: None = None) -> Tensor: ...
+
+    @overload
+    def __call__(
+        self, image: Image.Image, train: bool = False, *, mask: np.ndarray | Tensor | Image.Image
+    ) -> tuple[Tensor, Tensor]: ...
+
+    def __call__(
+        self,
+        image: Image.Image,
+        train: bool = False,
+        mask: np.ndarray | Tensor | Image.Image | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Transform one PIL image, and its mask with the same geometric operations.
+
+        Args:
+            image: the RGB image.
+            train: use the augmenting pipeline.
+            mask: ``(H, W)`` class ids of the image's pixels (``255``: unlabelled), or None.
+
+        Returns:
+            The ``(3, S, S)`` float image; with a mask, ``(image, mask (S, S) long)``.
+
+        Raises:
+            ValueError: if the mask is not ``(H, W)`` with the image's height and width, or has
+                ids outside ``[0, 255]``.
+        """
+        transform = self.train_transform if train else self.eval_transform
+        if mask is None:
+            return transform(image)
+        ids = as_mask(mask)
+        height, width = v2.functional.get_size(image)
+        if tuple(ids.shape[-2:]) != (height, width):
+            raise ValueError(
+                f"the mask is {ids.shape[-2]}x{ids.shape[-1]} (HxW), its image {height}x{width}: "
+                "a mask must have its image's size"
+            )
+        out_image, out_mask = transform(image, ids)
+        return out_image, out_mask.as_subclass(Tensor).squeeze(0).long()  # (S, S)
