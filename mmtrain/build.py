@@ -90,6 +90,13 @@ def build_module(
                 f"data.tokenizers.{task} (e.g. +data.tokenizers.{task}._target_="
                 "mmtrain.data.transforms.WordTokenizer)"
             )
+        needs_classes = "num_classes" in params and params["num_classes"].default is inspect._empty
+        if needs_classes and "num_classes" not in wired and "num_classes" not in node:
+            hint = "data.mask_classes=[background, ...] (the names of the mask's class ids) or "
+            raise MMTrainError(
+                f"head/{task} needs num_classes and the data has no classes for {task!r}: set "
+                f"{hint if task == 'mask' else ''}head.{task}.num_classes=N"
+            )
         # A head reading the encoders' own features (retrieval) gets their widths instead.
         width = {"in_dims": in_dims} if "in_dims" in params else {"in_dim": int(fusion.out_dim)}
         heads[task] = safe_instantiate(node, f"head.{task}", extra, **width, **wired)

@@ -60,6 +60,12 @@ TINY_DATA: dict[str, Callable[[Path], list[str]]] = {
     ],
     "mmtrain.data.coco.CaptionDataset": _tiny_coco,
     "mmtrain.data.manifest.ManifestDataset": _tiny_manifest,
+    "mmtrain.data.refshapes.RefShapesDataset": lambda folder: [
+        "data.dataset.num_train=12",
+        "data.dataset.num_val=4",
+        "data.dataset.num_test=4",
+        "data.batch_size=4",
+    ],
     "mmtrain.data.vqa.VQADataset": lambda folder: [
         f"data.root={write_vqa(folder / 'vqa')}",
         "data.batch_size=2",

@@ -175,6 +175,7 @@ class MultiDataModule(MultimodalDataModule):
         text: the tokenizer for the ``text`` modality.
         audio: audio preprocessing.
         tokenizers: ``{task: tokenizer}`` for text targets such as ``caption``.
+        mask_classes: the class names of ``mask`` targets (segmentation).
         modalities: the inputs to load (wired by build.py).
         tasks: the targets to load (wired by build.py).
         batch_size: samples per batch (per device).
@@ -201,6 +202,7 @@ class MultiDataModule(MultimodalDataModule):
         text: WordTokenizer | None = None,
         audio: AudioTransform | None = None,
         tokenizers: dict[str, WordTokenizer] | None = None,
+        mask_classes: list[str] | None = None,
         modalities: list[str] = (),
         tasks: list[str] = (),
         batch_size: int = 32,
@@ -216,6 +218,7 @@ class MultiDataModule(MultimodalDataModule):
             text=text,
             audio=audio,
             tokenizers=tokenizers,
+            mask_classes=mask_classes,
             modalities=modalities,
             tasks=tasks,
             batch_size=batch_size,
