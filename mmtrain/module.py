@@ -118,16 +118,15 @@ class MultimodalModule(pl.LightningModule):
         self, batch: Batch, features: dict[str, Features]
     ) -> dict[str, Features | dict[str, Features] | None]:
         """What each head reads: the fused features, or for an ``unfused`` head (two-tower
-        retrieval) the encoders' own, or None when the batch lacks one of its modalities."""
+        retrieval) the encoders' own; None when the batch lacks a modality the head declares
+        it cannot do without (its ``modalities``: segmentation needs the image)."""
         fused = self.fusion(features) if any(not _unfused(h) for h in self.heads.values()) else None
         inputs: dict[str, Features | dict[str, Features] | None] = {}
         for task, head in self.heads.items():
-            if not _unfused(head):
-                inputs[task] = fused
-            elif all(m in features for m in head.modalities):
-                inputs[task] = features
-            else:
+            if not all(m in features for m in getattr(head, "modalities", ())):
                 inputs[task] = None
+            else:
+                inputs[task] = features if _unfused(head) else fused
         return inputs
 
     def _drop_modalities(self, features: dict[str, Features]) -> dict[str, Features]:
@@ -158,9 +157,9 @@ class MultimodalModule(pl.LightningModule):
         losses: dict[str, Tensor] = {}
         rows = _rows(batch)
         for task, head in self.heads.items():
+            if inputs[task] is None:  # the batch lacks a modality the head needs
+                continue
             if _unfused(head):  # its target: which pairs show the same image
-                if inputs[task] is None:  # the batch lacks one of its modalities
-                    continue
                 target, target_mask = head.target_from_ids(batch["id"], self.device), None
             elif task in batch:
                 target, target_mask = batch[task], batch.get(f"{task}_mask")
@@ -202,6 +201,8 @@ class MultimodalModule(pl.LightningModule):
         else:
             batch_size = len(batch["id"])
             losses = self._task_losses(batch, split)
+        if not losses and split != "train":  # e.g. robustness=missing took the image away
+            return torch.zeros((), device=self.device)
         total, weights = self.loss_weighting(losses)
         if split != "train":  # logged as epoch means by _log_metrics
             for task, loss in losses.items():

@@ -243,3 +243,19 @@ def test_predicted_masks_are_written_as_pngs(tmp_path) -> None:
         "masks_test/a_b.png",
         "masks_test/7.png",
     ]
+
+
+def test_the_head_is_skipped_without_an_image(compose_config, synth_batch, synth_facts) -> None:
+    """robustness=missing takes modalities away: no image, nothing to segment, no mask loss."""
+    import warnings
+
+    from mmtrain.build import build_module
+
+    module = build_module(compose_config("+head/mask=segmentation"), synth_facts).eval()
+    batch = synth_batch(["image", "text", "audio"], ["label", "mask"], synth_facts)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*self.log.*")
+        assert "mask" in module._task_losses(batch, "val")
+        module.without = frozenset({"image"})
+        losses = module._task_losses(batch, "val")
+    assert "mask" not in losses and "label" in losses

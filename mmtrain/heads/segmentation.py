@@ -90,6 +90,8 @@ class SegmentationHead(nn.Module):
             ``grid`` that is not two positive ints.
     """
 
+    modalities = ("image",)  # nothing to segment without it: skipped when the image is absent
+
     def __init__(
         self,
         in_dim: int,
