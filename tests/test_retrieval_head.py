@@ -50,3 +50,21 @@ def test_fit_logs_recall_both_ways(compose_config, tiny_data, tmp_path) -> None:
     for key in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"):
         assert 0.0 <= metrics[f"val/retrieval/{key}"] <= 1.0
     assert "train/loss/retrieval" in metrics
+
+
+def test_coco_retrieval_mode_pairs_every_caption_with_its_image(tmp_path) -> None:
+    """data.dataset.retrieval=true: one item per (image, caption) in every split, caption = text."""
+    from test_coco_data import write_coco
+
+    from mmtrain.data.coco import CaptionDataset
+
+    root = tmp_path / "coco"
+    write_coco(root)
+    plain = CaptionDataset(str(root), "val")
+    pairs = CaptionDataset(str(root), "val", retrieval=True)
+    captions = sum(len(refs) for refs in plain.values("caption_references"))
+    assert len(plain) < len(pairs) == captions
+    assert "text" in pairs.columns and "text" not in plain.columns
+    item = pairs[1]
+    assert item["text"] == item["caption"] and set(item) >= {"id", "image", "text"}
+    assert pairs.values("text") == [pairs[i]["caption"] for i in range(len(pairs))]

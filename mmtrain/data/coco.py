@@ -85,6 +85,8 @@ class CaptionDataset(Dataset):
         format: ``coco``, ``flickr8k`` or ``flickr30k``.
         image_dir: with a split file, the images folder under ``root`` (default: the entry's
             ``filepath`` for COCO, ``Flicker8k_Dataset`` and ``flickr30k-images`` for Flickr).
+        retrieval: image-text retrieval: every split has one item per (image, caption) pair,
+            and the caption is also the ``text`` input (the text tower's).
 
     Raises:
         ValueError: for an unknown split, year or format, or ``image_dir`` without a split file.
@@ -102,6 +104,7 @@ class CaptionDataset(Dataset):
         restval: bool = True,
         format: str = "coco",
         image_dir: str | None = None,
+        retrieval: bool = False,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -118,6 +121,7 @@ class CaptionDataset(Dataset):
             )
         self.root, self.split, self.year, self.format = Path(root), split, year, format
         self.train = split == "train"
+        self.retrieval = retrieval
         if not self.root.is_dir():
             raise MMTrainError(
                 f"{NAMES[format]} not found: data.root={self.root} is not a folder "
@@ -133,10 +137,13 @@ class CaptionDataset(Dataset):
         self.index = [
             (i, j)
             for i, image in enumerate(self.images)
-            for j in range(len(image.captions) if self.train else 1)
+            for j in range(len(image.captions) if self.train or retrieval else 1)
         ]
-        self.columns = ["caption", "image"]
-        self.load = ["image", "caption"] if columns is None else list(columns)
+        # Retrieval: each caption is also the `text` input, and every split has every pair
+        # (the Karpathy protocol ranks 5k images against all 25k captions).
+        self.columns = ["caption", "image", "text"] if retrieval else ["caption", "image"]
+        default = ["image", "caption", "text"] if retrieval else ["image", "caption"]
+        self.load = default if columns is None else list(columns)
 
     def _folder(self) -> str:
         return f"{'train' if self.train else 'val'}{self.year}"
@@ -276,6 +283,8 @@ class CaptionDataset(Dataset):
             return [str(self.images[i].path) for i, _ in self.index]
         if column == "caption_references":
             return [list(self.images[i].captions) for i, _ in self.index]
+        if column == "text" and self.retrieval:
+            return [self.images[i].captions[j] for i, j in self.index]
         raise MMTrainError(f"{self.source}: no column {column!r}; the data has {self.columns}")
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -294,6 +303,8 @@ class CaptionDataset(Dataset):
                     item["caption_references"] = list(image.captions)
             elif column == "caption_references":
                 item["caption_references"] = list(image.captions)
+            elif column == "text" and self.retrieval:
+                item["text"] = image.captions[caption_index]
             else:
                 raise MMTrainError(
                     f"{self.source.name}: no column {column!r}; the data has {self.columns}"
