@@ -169,7 +169,9 @@ class MultimodalModule(pl.LightningModule):
             outputs = head(fused, target, target_mask)
             losses[task] = head.loss(outputs, target, target_mask)
             if split != "train":
-                predictions = head.predict(fused, outputs)
+                # retrieval's per-sample "predictions" are embeddings: `mmtrain predict` writes
+                # them; its evaluation is recall over the split's embeddings, not rows
+                predictions = [] if _unfused(head) else head.predict(fused, outputs)
                 references = batch.get(f"{task}_references")
                 head.update_metrics(
                     self.metrics[f"{split}_{task}"],
