@@ -114,15 +114,25 @@ def build_module(
 
 
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
-    """The Lightning Trainer with the configured callbacks and loggers."""
+    """The Lightning Trainer with the configured callbacks and loggers.
+
+    Each logger gets what :func:`mmtrain.utils.loggers.prepare_logger_node` adds (the wandb run
+    id of the run directory); once the trainer exists, the flat config and the git commit are
+    logged to its loggers as hyperparameters (:func:`mmtrain.utils.loggers.log_run_info`).
+    """
+    from mmtrain.utils.loggers import log_run_info, prepare_logger_node
+
     extra = _allowed(cfg)
     callbacks = [
         safe_instantiate(node, f"callbacks.{name}", extra)
         for name, node in (cfg.get("callbacks") or {}).items()
         if node is not None and "_target_" in node
     ]
+    output_dir = cfg.paths.output_dir
     loggers = [
-        safe_instantiate(node, f"logger.{name}", extra)
+        safe_instantiate(
+            node, f"logger.{name}", extra, **prepare_logger_node(name, node, output_dir, extra)
+        )
         for name, node in (cfg.get("logger") or {}).items()
         if node is not None and "_target_" in node
     ]
@@ -131,6 +141,8 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
         isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks
     ):
         kwargs["enable_checkpointing"] = False  # callbacks=none: no checkpoints at all
-    return safe_instantiate(
+    trainer = safe_instantiate(
         cfg.trainer, "trainer", extra, callbacks=callbacks, logger=loggers or False, **kwargs
     )
+    log_run_info(trainer.loggers, cfg)  # fast_dev_run: Lightning's dummy logger ignores it
+    return trainer

@@ -1,0 +1,1 @@
+"""Lightning callbacks of mmtrain (configured in the ``callbacks`` group)."""
