@@ -7,11 +7,16 @@ heavy imports happen in :mod:`mmtrain.run`, once a config has been composed.
 from __future__ import annotations
 
 import difflib
+import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 STAGES = ("fit", "validate", "test", "predict")
+STAGE_ENV = "MMTRAIN_STAGE"  # the stage, for DDP worker processes that re-run the command
+# What Lightning's DDP launcher sets in the launching process (see _end_distributed).
+DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 USAGE = """\
 usage: mmtrain <stage> [overrides] [hydra options]
@@ -23,13 +28,16 @@ stages:
   validate   evaluate a checkpoint on the validation split   (needs ckpt_path=...)
   test       evaluate a checkpoint on the test split         (needs ckpt_path=...)
   predict    write predictions of a checkpoint               (needs ckpt_path=...)
+  report     plots and an HTML page of a run or sweep directory: mmtrain report <dir>
 
 examples:
   mmtrain fit                                   # the default experiment (shapes)
   mmtrain fit trainer.max_epochs=3 optimizer.lr=3e-4 fusion=concat
   mmtrain fit ~encoder/audio                    # drop a modality
   mmtrain fit -m optimizer.lr=1e-3,1e-4         # a sweep: one run directory per job
+  mmtrain fit -m hparams_search=shapes_optuna   # an Optuna search (resume=true: finish it)
   mmtrain test ckpt_path=outputs/shapes/<date>/<time>/checkpoints/last.ckpt
+  mmtrain fit ckpt_path=last                    # resume the newest run of the experiment
   mmtrain fit --cfg job                         # print the composed config and exit
 
 `mmtrain <stage> --help` lists the config groups and their options.
@@ -99,13 +107,259 @@ def suggest_keys(stage: str, overrides: list[str]) -> list[str]:
     return lines
 
 
+def _quote(value: str) -> str:
+    """A string as a quoted value of Hydra's override grammar."""
+    escaped = value.replace("\\", "\\\\")
+    return f"'{escaped}'" if "'" not in value else '"' + escaped.replace('"', '\\"') + '"'
+
+
+def resume_sweep(stage: str, argv: list[str]) -> tuple[list[str], dict[str, list[str]] | None]:
+    """``resume=true`` in a sweep: reuse the latest sweep directory with the same overrides.
+
+    The config is composed as Hydra will compose it (no torch) to find ``paths.log_dir`` and
+    ``name``; the sweep directories are ``<paths.log_dir>/<name>/multirun/<date>/<time>/``.
+
+    Args:
+        stage: the primary config.
+        argv: the command line after the stage (overrides and Hydra options).
+
+    Returns:
+        The arguments to add (``hydra.sweep.dir=<found>``, or none) and, when resuming, the
+        overrides of the jobs found there (see :func:`mmtrain.utils.sweep.job_overrides`);
+        ``([], None)`` when there is nothing to resume or the config does not compose (Hydra
+        then reports the problem itself).
+    """
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        args = get_args_parser().parse_args(argv)
+        parsed = OverridesParser.create().parse_overrides(args.overrides)
+    except (Exception, SystemExit):
+        return [], None
+    wanted = [
+        o
+        for o in parsed
+        if o.key_or_group == "resume" and not o.is_delete() and not o.is_sweep_override()
+    ]
+    if not wanted or str(wanted[-1].value()).lower() != "true" or args.cfg or args.help:
+        return [], None
+    given = [o for o in parsed if o.key_or_group == "hydra.sweep.dir"]
+    if given:  # the user names the sweep directory: Hydra reuses it as it is
+        return [], _jobs_in(Path(str(given[-1].value())))
+
+    from hydra.types import RunMode
+
+    from mmtrain.utils.sweep import find_sweep_dir
+
+    cfg = _compose(stage, args, multirun=True)
+    if cfg is None:
+        return [], None
+    multirun = args.multirun or cfg.hydra.mode == RunMode.MULTIRUN
+    root = Path(str(cfg.paths.log_dir)) / str(cfg.name) / "multirun"
+    if not multirun:
+        print(
+            f"mmtrain {stage}: resume=true resumes sweeps (-m); this is a new run", file=sys.stderr
+        )
+        return [], None
+    found = find_sweep_dir(root, stage, list(args.overrides))
+    if found is None:
+        print(
+            f"mmtrain {stage}: resume=true: no earlier sweep with these overrides under {root}; "
+            "starting a new one",
+            file=sys.stderr,
+        )
+        return [], None
+    print(f"mmtrain {stage}: resuming the sweep in {found}", flush=True)
+    return [f"hydra.sweep.dir={_quote(str(found))}"], _jobs_in(found)
+
+
+def _compose(stage: str, args: Any, multirun: bool) -> Any:
+    """The config as Hydra will compose it for ``args`` (parsed argv), without torch; None
+    when it does not compose (Hydra then reports the problem itself)."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    GlobalHydra.instance().clear()
+    try:
+        search_path = create_config_search_path(f"file://{config_dir()}")
+        if args.config_dir:  # as Hydra adds --config-dir DIR
+            search_path.prepend(
+                "command-line",
+                f"file://{Path(args.config_dir).resolve()}",
+                anchor=SearchPathQuery(provider="schema"),
+            )
+        hydra = Hydra.create_main_hydra2(task_name="mmtrain", config_search_path=search_path)
+        mode = RunMode.MULTIRUN if multirun else RunMode.RUN
+        return hydra.compose_config(
+            stage, args.overrides, run_mode=mode, validate_sweep_overrides=False
+        )
+    except Exception:
+        return None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def resume_last(stage: str, argv: list[str]) -> list[str]:
+    """``ckpt_path=last``: the ``last.ckpt`` of the newest run of the same experiment (``name``).
+
+    ``fit`` also reuses that run's directory (``hydra.run.dir``), so the resumed run writes its
+    checkpoints, logs and metrics where it started; other stages only read the checkpoint.
+
+    Returns:
+        The arguments that replace ``ckpt_path=last`` (added after it, so they win).
+
+    Raises:
+        SystemExit: (exit 1, one message) when no earlier run of the experiment has a
+            ``last.ckpt``.
+    """
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        args = get_args_parser().parse_args(argv)
+        parsed = OverridesParser.create().parse_overrides(args.overrides)
+    except (Exception, SystemExit):
+        return []
+    wanted = [o for o in parsed if o.key_or_group == "ckpt_path" and not o.is_delete()]
+    if not wanted or str(wanted[-1].value()) != "last" or args.multirun or args.cfg or args.help:
+        return []
+    cfg = _compose(stage, args, multirun=False)
+    if cfg is None:
+        return []
+    root = Path(str(cfg.paths.log_dir)) / str(cfg.name)
+    # run directories are <log_dir>/<name>/<date>/<time>/ (multirun/ holds sweeps: not these)
+    found = sorted(
+        (p for p in root.glob("*/*/checkpoints/last.ckpt") if p.parts[-4] != "multirun"),
+        key=lambda p: (p.parent.parent.parent.name, p.parent.parent.name),
+    )
+    if not found:
+        print(
+            f"mmtrain {stage}: error: ckpt_path=last: no run of experiment {cfg.name!r} with "
+            f"checkpoints/last.ckpt under {root}",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+    last = found[-1]
+    print(f"mmtrain {stage}: ckpt_path=last is {last}", flush=True)
+    extra = [f"ckpt_path={_quote(str(last))}"]
+    if stage == "fit":  # the same run directory: checkpoints, logs and metrics continue there
+        extra.append(f"hydra.run.dir={_quote(str(last.parent.parent))}")
+    return extra
+
+
+def _jobs_in(sweep_dir: Path) -> dict[str, list[str]]:
+    from mmtrain.utils.sweep import job_overrides
+
+    return job_overrides(sweep_dir)
+
+
+def sweep_job(stage: str, cfg: Any, previous: dict[str, list[str]] | None) -> float | None:
+    """One job of a sweep: a failure is recorded and reported, and the sweep goes on.
+
+    With ``resume=true``, a job whose directory holds the same trial (same overrides) and its
+    ``metrics.json`` returns the stored objective without training; one with
+    ``checkpoints/last.ckpt`` but no ``metrics.json`` resumes training from that checkpoint.
+
+    Args:
+        stage: the stage.
+        cfg: the job's composed config.
+        previous: the overrides of the jobs already in the sweep directory (resume), or None.
+
+    Returns:
+        The value of ``optimized_metric``, or None when the job failed or did not report it
+        (a failed trial for Optuna; NaN would end an Optuna sweep).
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from mmtrain.utils import sweep
+
+    hydra_cfg = HydraConfig.get()
+    job_dir = Path(hydra_cfg.runtime.output_dir)
+    num = hydra_cfg.job.num
+    objective = cfg.get("optimized_metric")
+    (job_dir / sweep.FAILED).unlink(missing_ok=True)
+    resumed = False
+    if cfg.get("resume") and previous is not None:
+        before = previous.get(str(job_dir.resolve()))
+        now = sweep.without_resume(list(hydra_cfg.overrides.task))
+        same = before is not None and sweep.without_resume(before) == now
+        last = job_dir / "checkpoints" / "last.ckpt"
+        stored = sweep.read_metrics(job_dir) if same else None
+        if stored is not None:
+            print(f"mmtrain {stage}: job {num}: finished earlier, skipped ({job_dir})", flush=True)
+            return sweep.objective_of(stored, objective)
+        if before is not None and not same:
+            stale = sweep.set_aside(job_dir)
+            print(
+                f"mmtrain {stage}: job {num}: {job_dir} held another trial; moved to {stale}",
+                file=sys.stderr,
+            )
+        elif same and stage == "fit" and last.is_file() and not cfg.get("ckpt_path"):
+            with open_dict(cfg):
+                cfg.ckpt_path = str(last)
+            resumed = True
+            print(f"mmtrain {stage}: job {num}: resuming from {last}", flush=True)
+
+    from mmtrain.run import run
+
+    try:
+        metrics = run(stage, cfg)
+        if resumed and sweep.objective_of(metrics, objective) is None:
+            # The checkpoint was written after the last epoch: nothing was left to train, so
+            # the final validation metrics come from validating it.
+            metrics = {**metrics, **run("validate", cfg)}
+            (job_dir / sweep.METRICS).write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    except Exception as err:  # any failure of one job; KeyboardInterrupt still ends the sweep
+        path = sweep.record_failure(job_dir, err)
+        print(
+            f"mmtrain {stage}: job {num} failed: {sweep.one_line(err)} (see {path})",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
+    return sweep.objective_of(metrics, objective)
+
+
+def _end_distributed(before: dict[str, str | None]) -> None:
+    """After a sweep job that ran DDP: leave its process group and restore the environment.
+
+    Lightning's launcher sets ``LOCAL_RANK``, ``MASTER_PORT``... in this process when it starts
+    the workers; left there, the next job of the sweep would take them as an external launcher
+    and wait forever for workers nobody starts.
+    """
+    if "torch" in sys.modules:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Entry point of the ``mmtrain`` command."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    script = sys.argv[0]
+    if argv and argv[0] not in STAGES and "LOCAL_RANK" in os.environ:
+        # A DDP worker that Lightning started by re-running this command: the parent put its
+        # stage in the environment and its run directory in hydra.run.dir (see task()).
+        argv = [os.environ.get(STAGE_ENV, "fit"), *argv]
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, end="")
         return 0 if argv else 2
     stage, rest = argv[0], argv[1:]
+    if stage == "report":  # not a Hydra stage: plots and a page from run directories
+        from mmtrain.report import main as report_main
+
+        return report_main(rest)
     if stage not in STAGES:
         close = difflib.get_close_matches(stage, STAGES, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
@@ -118,23 +372,52 @@ def main(argv: list[str] | None = None) -> Any:
     import hydra
 
     started = False
+    extra, previous = resume_sweep(stage, rest)
+    extra += resume_last(stage, rest)
 
     def task(cfg: Any) -> Any:
         nonlocal started
         started = True
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+        from omegaconf import open_dict, read_write
+
+        # Lightning's DDP re-runs this command once per extra process with
+        # hydra.run.dir=<this hydra.run.dir>: make that the job's own output directory (with a
+        # timestamp re-evaluated, or under multirun, it would be another folder).
+        hydra_cfg = HydraConfig.get()
+        with read_write(hydra_cfg), open_dict(hydra_cfg):
+            hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+        os.environ[STAGE_ENV] = stage
+        if hydra_cfg.mode == RunMode.MULTIRUN:  # the workers run this job, not the sweep
+            sys.argv = [script, *config_args, *hydra_cfg.overrides.task]
+
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            launched = {k: os.environ.get(k) for k in DDP_ENV}
+            try:
+                return sweep_job(stage, cfg, previous)
+            finally:
+                _end_distributed(launched)
         from mmtrain.errors import MMTrainError
         from mmtrain.run import run
+        from mmtrain.utils.sweep import objective_of
 
         try:
             metrics = run(stage, cfg)
         except MMTrainError as err:
             print(f"mmtrain {stage}: error: {err}", file=sys.stderr)
             sys.exit(1)
-        objective = cfg.get("optimized_metric")
-        return metrics.get(objective) if objective else None
+        return objective_of(metrics, cfg.get("optimized_metric"))
 
     hydra_main = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=stage)
-    sys.argv = [f"mmtrain {stage}", *rest]
+    # argv[0] stays the command itself: Lightning's DDP launcher re-runs sys.argv.
+    sys.argv = [script, *rest, *extra]
+    config_args = []  # --config-dir DIR / -cd DIR, kept for the DDP workers of a sweep job
+    for i, arg in enumerate(rest):
+        if arg in ("--config-dir", "-cd") and i + 1 < len(rest):
+            config_args += [arg, rest[i + 1]]
+        elif arg.startswith("--config-dir="):
+            config_args.append(arg)
     try:
         return hydra_main(task)()
     except SystemExit as exit_:

@@ -1,0 +1,63 @@
+"""`ckpt_path=last` resumes the newest run in its own directory; DDP keeps one directory a job."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from conftest import QUIET, TINY_DATA
+from test_cli import _explain, _run_dirs, mmtrain
+
+SMALL = [*TINY_DATA, "~head/caption", *QUIET]
+
+
+def _epochs(run_dir) -> set[str]:
+    with (run_dir / "csv/metrics.csv").open() as f:
+        return {row["epoch"] for row in csv.DictReader(f) if row.get("val/loss")}
+
+
+def test_ckpt_path_last_resumes_the_newest_run_in_place(scratch, tiny_data) -> None:
+    first = mmtrain(scratch, "fit", *SMALL, "trainer.max_epochs=1", timeout=300)
+    assert first.returncode == 0, _explain(first)
+    (run,) = _run_dirs(scratch["out"], "metrics.json")
+    assert _epochs(run) == {"0"}
+
+    resumed = mmtrain(scratch, "fit", *SMALL, "trainer.max_epochs=2", "ckpt_path=last", timeout=300)
+    assert resumed.returncode == 0, _explain(resumed)
+    assert f"ckpt_path=last is {run / 'checkpoints/last.ckpt'}" in resumed.stdout
+    assert _run_dirs(scratch["out"], "metrics.json") == [run]  # the same run directory
+    assert _epochs(run) == {"0", "1"}  # the CSV log continues: epoch 0 is still there
+    config = (run / ".hydra/config.yaml").read_text()
+    assert "last.ckpt" in config and "max_epochs: 2" in config
+
+
+def test_ckpt_path_last_without_a_run_is_one_clear_error(scratch) -> None:
+    proc = mmtrain(scratch, "fit", "ckpt_path=last", *QUIET)
+    assert proc.returncode == 1, _explain(proc)
+    assert "ckpt_path=last: no run of experiment 'shapes'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+DDP = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
+
+
+@pytest.mark.slow
+def test_ddp_on_cpu_writes_one_run_directory(scratch, tiny_data) -> None:
+    proc = mmtrain(scratch, "fit", *DDP, *SMALL, "trainer.max_epochs=1", timeout=600)
+    assert proc.returncode == 0, _explain(proc)
+    runs = [p.parent for p in scratch["out"].glob("**/.hydra")]
+    assert len(runs) == 1, runs
+    assert json.loads((runs[0] / "metrics.json").read_text())["val/label/accuracy"] >= 0
+
+
+@pytest.mark.slow
+def test_ddp_sweep_writes_one_directory_per_job(scratch, tiny_data) -> None:
+    proc = mmtrain(
+        scratch, "fit", "-m", "optimizer.lr=1e-3,1e-4", *DDP, *SMALL, "trainer.max_epochs=1",
+        timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, _explain(proc)
+    runs = sorted(p.parent for p in scratch["out"].glob("**/.hydra"))
+    assert [p.name for p in runs] == ["0", "1"], runs  # no stray folders of the workers
+    assert all((p / "metrics.json").is_file() for p in runs)
