@@ -11,6 +11,7 @@ the tokenizer and vocabulary of its text target).
 from __future__ import annotations
 
 import inspect
+import sys
 from typing import Any
 
 import pytorch_lightning as pl
@@ -113,6 +114,16 @@ def build_module(
         raise MMTrainError(f"model: {err}") from None
 
 
+def _progress_bar() -> pl.callbacks.ProgressBar:
+    """Rich's bar on a terminal; on a pipe or file (CI logs), tqdm updating every 50 batches."""
+    if sys.stdout.isatty():
+        try:
+            return pl.callbacks.RichProgressBar()
+        except ModuleNotFoundError:  # rich is optional
+            pass
+    return pl.callbacks.TQDMProgressBar(refresh_rate=1 if sys.stdout.isatty() else 50)
+
+
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
     """The Lightning Trainer with the configured callbacks and loggers.
 
@@ -136,6 +147,10 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
         for name, node in (cfg.get("logger") or {}).items()
         if node is not None and "_target_" in node
     ]
+    if cfg.trainer.get("enable_progress_bar", True) and not any(
+        isinstance(c, pl.callbacks.ProgressBar) for c in callbacks
+    ):
+        callbacks.append(_progress_bar())
     kwargs: dict[str, Any] = {}
     if "enable_checkpointing" not in cfg.trainer and not any(
         isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks

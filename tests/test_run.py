@@ -118,3 +118,23 @@ def test_modality_dropout_masks_whole_modalities(compose_config, synth_batch, sy
     assert all(f.mask is None or f.mask.any(dim=1).all() for f in seen[0].values())
     with pytest.raises(MMTrainError, match=r"modality_dropout must be in \[0, 1\), got 1.0"):
         build_module(compose_config("model.modality_dropout=1.0"), synth_facts)
+
+
+def test_progress_bar_is_rich_on_a_terminal_and_plain_in_logs(monkeypatch) -> None:
+    import sys
+
+    import pytorch_lightning as pl
+
+    from mmtrain.build import _progress_bar
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+    plain = _progress_bar()
+    assert isinstance(plain, pl.callbacks.TQDMProgressBar) and plain.refresh_rate == 50
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    bar = _progress_bar()
+    try:
+        import rich  # noqa: F401
+    except ModuleNotFoundError:
+        assert isinstance(bar, pl.callbacks.TQDMProgressBar)
+    else:
+        assert isinstance(bar, pl.callbacks.RichProgressBar)
