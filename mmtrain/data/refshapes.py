@@ -24,8 +24,6 @@ The manifests ``train.jsonl``, ``val.jsonl`` and ``test.jsonl`` use the manifest
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -33,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mmtrain.data.manifest import ManifestDataset
-from mmtrain.errors import MMTrainError
+from mmtrain.data.shapes import write_once
 
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {"red": (210, 40, 40), "green": (40, 170, 60), "blue": (50, 80, 215)}
@@ -162,31 +160,18 @@ def generate_refshapes(root: str | Path, sizes: dict[str, int], seed: int = 0) -
         MMTrainError: if ``root`` is a non-empty folder without the stamp file
             ``refshapes.json`` (not written by this function).
     """
-    root = Path(root)
     stamp = {"version": _VERSION, "sizes": {s: int(sizes[s]) for s in SPLITS}, "seed": seed}
-    stamp_file = root / "refshapes.json"
-    if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
-        return root
-    if root.is_dir() and any(root.iterdir()) and not stamp_file.is_file():
-        raise MMTrainError(
-            f"data.root: {root} exists and is not a generated refshapes data set "
-            "(no refshapes.json); choose an empty or new folder"
-        )
-    tmp = root.with_name(f"{root.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "images").mkdir(parents=True)
-    (tmp / "masks").mkdir()
-    for split in SPLITS:
-        seen: set[str] = set()
-        rows = [_sample(tmp, split, i, seed, seen) for i in range(stamp["sizes"][split])]
-        with (tmp / f"{split}.jsonl").open("w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-    (tmp / "refshapes.json").write_text(json.dumps(stamp))
-    if root.exists():
-        shutil.rmtree(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, root)
-    return root
+
+    def write(folder: Path) -> None:
+        (folder / "images").mkdir()
+        (folder / "masks").mkdir()
+        for split in SPLITS:
+            seen: set[str] = set()
+            rows = [_sample(folder, split, i, seed, seen) for i in range(stamp["sizes"][split])]
+            with (folder / f"{split}.jsonl").open("w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
+
+    return write_once(root, stamp, "refshapes.json", write)
 
 
 class RefShapesDataset(ManifestDataset):

@@ -21,7 +21,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -97,39 +99,61 @@ def _sample(root: Path, split: str, index: int, seed: int) -> dict[str, str]:
     }
 
 
-def generate_shapes(root: str | Path, sizes: dict[str, int], seed: int = 0) -> Path:
-    """Write the data set under ``root`` unless the same version, sizes and seed are there.
+def write_once(
+    root: str | Path, stamp: dict[str, Any], stamp_name: str, write: Callable[[Path], None]
+) -> Path:
+    """Write a generated data set into ``root`` unless one with the same ``stamp`` is there.
 
-    The files are written into a temporary sibling folder and moved into place at the end, so
-    an interrupted run never leaves a half-written data set under ``root``.
+    ``write(folder)`` fills a temporary sibling folder, which is moved into place at the end
+    with ``stamp`` saved as ``stamp_name``, so an interrupted run never leaves a half-written
+    data set under ``root``.
 
     Returns:
         ``root`` as a Path.
+
+    Raises:
+        MMTrainError: if ``root`` is a non-empty folder without ``stamp_name`` (not written
+            here).
     """
     root = Path(root)
-    stamp = {"version": _VERSION, "sizes": {s: int(sizes[s]) for s in SPLITS}, "seed": seed}
-    stamp_file = root / "shapes.json"
+    stamp_file = root / stamp_name
     if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
         return root
     if root.is_dir() and any(root.iterdir()) and not stamp_file.is_file():
         raise MMTrainError(
-            f"data.root: {root} exists and is not a generated shapes data set "
-            "(no shapes.json); choose an empty or new folder"
+            f"data.root: {root} exists and is not a generated data set (no {stamp_name}); "
+            "choose an empty or new folder"
         )
     tmp = root.with_name(f"{root.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "images").mkdir(parents=True)
-    (tmp / "audio").mkdir()
-    for split in SPLITS:
-        rows = [_sample(tmp, split, i, seed) for i in range(stamp["sizes"][split])]
-        with (tmp / f"{split}.jsonl").open("w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-    (tmp / "shapes.json").write_text(json.dumps(stamp))
+    tmp.mkdir(parents=True)
+    write(tmp)
+    (tmp / stamp_name).write_text(json.dumps(stamp))
     if root.exists():
         shutil.rmtree(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, root)
     return root
+
+
+def generate_shapes(root: str | Path, sizes: dict[str, int], seed: int = 0) -> Path:
+    """Write the data set under ``root`` unless the same version, sizes and seed are there
+    (:func:`write_once`: atomic, and a folder it did not write is refused).
+
+    Returns:
+        ``root`` as a Path.
+    """
+    stamp = {"version": _VERSION, "sizes": {s: int(sizes[s]) for s in SPLITS}, "seed": seed}
+
+    def write(folder: Path) -> None:
+        (folder / "images").mkdir()
+        (folder / "audio").mkdir()
+        for split in SPLITS:
+            rows = [_sample(folder, split, i, seed) for i in range(stamp["sizes"][split])]
+            with (folder / f"{split}.jsonl").open("w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
+
+    return write_once(root, stamp, "shapes.json", write)
 
 
 class ShapesDataset(ManifestDataset):
