@@ -240,3 +240,19 @@ def test_run_info_is_flat_and_git_is_optional(compose_config, tmp_path):
 
     logged = log_run_info([Recorder()], cfg)  # type: ignore[list-item]
     assert Recorder.params == logged and logged.items() >= flat.items()
+
+
+def test_sample_predictions_do_not_change_training(compose_config, tiny_data, tmp_path) -> None:
+    """The callback's data-loader iterator would draw from the global generator: it must not."""
+    from conftest import QUIET, TINY_DATA
+
+    from mmtrain.run import run
+
+    short = ["trainer.max_epochs=2", "+trainer.limit_train_batches=3", *TINY_DATA, *QUIET]
+    with_samples = run("fit", compose_config(*short, output_dir=tmp_path / "a"))
+    without = run(
+        "fit", compose_config(*short, "~callbacks.sample_predictions", output_dir=tmp_path / "b")
+    )
+    assert (tmp_path / "a/samples/epoch_1.json").is_file()
+    assert with_samples["train/loss"] == without["train/loss"]
+    assert with_samples["val/label/accuracy"] == without["val/label/accuracy"]

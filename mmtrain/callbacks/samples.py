@@ -133,14 +133,18 @@ class SamplePredictions(pl.Callback):
         loggers = [logger for logger in trainer.loggers if isinstance(logger, kinds)]
         if not loggers:
             return
-        batch = self._sample_batch(trainer)
-        if batch is None:
-            return
-        was_training = pl_module.training
-        pl_module.eval()
-        with torch.no_grad():
-            rows = pl_module.predict_step(move_data_to_device(batch, pl_module.device), 0)
-        pl_module.train(was_training)
+        # Logging must not change training: a new data-loader iterator draws a seed from the
+        # global generator, so the random state is put back afterwards (fork_rng).
+        cuda = [pl_module.device] if pl_module.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            batch = self._sample_batch(trainer)
+            if batch is None:
+                return
+            was_training = pl_module.training
+            pl_module.eval()
+            with torch.no_grad():
+                rows = pl_module.predict_step(move_data_to_device(batch, pl_module.device), 0)
+            pl_module.train(was_training)
         images = batch.get("image")
         if not (isinstance(images, torch.Tensor) and images.dim() == 4 and images.size(1) == 3):
             images = None
