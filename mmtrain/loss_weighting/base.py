@@ -9,6 +9,7 @@ of backpropagating the total: that is the explicit hook, and the simple contract
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
 import torch
@@ -31,7 +32,7 @@ def mean_over_ranks(t: Tensor) -> Tensor:
     return t / dist.get_world_size()
 
 
-class LossWeighting(nn.Module):
+class LossWeighting(nn.Module, ABC):
     """Total loss = sum over the tasks of the batch of ``weight[task] * loss[task]``.
 
     Training steps are counted (a buffer, so a resumed run goes on from the same count). For
@@ -88,9 +89,9 @@ class LossWeighting(nn.Module):
         total = sum(weights[t] * loss for t, loss in losses.items())
         return total, weights
 
+    @abstractmethod
     def weights(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
         """``{task: weight}`` for the tasks of ``losses`` (a 0-d tensor each)."""
-        raise NotImplementedError(f"{type(self).__name__} must define weights()")
 
     def observe(self, losses: dict[str, Tensor]) -> None:
         """Sees the detached losses of every training step, warm-up included."""
@@ -132,6 +133,7 @@ class GradientWeighting(LossWeighting):
         else:
             self.gradient_step(losses, total, shared, backward, scale)
 
+    @abstractmethod
     def gradient_step(
         self,
         losses: dict[str, Tensor],
@@ -141,7 +143,6 @@ class GradientWeighting(LossWeighting):
         scale: float,
     ) -> None:
         """The scheme's backward pass (arguments as :meth:`backward`)."""
-        raise NotImplementedError(f"{type(self).__name__} must define gradient_step()")
 
 
 def task_gradients(
