@@ -35,13 +35,15 @@ def _wired(node: DictConfig, facts: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_datamodule(cfg: DictConfig) -> MultimodalDataModule:
-    """The data module, loading the modalities with an encoder and the targets with a head."""
+    """The data module, loading the modalities with an encoder and the targets with a head;
+    its ``seed`` (training order, augmentation) is the run's unless its YAML sets one."""
     return safe_instantiate(
         cfg.data,
         "data",
         _allowed(cfg),
         modalities=list(cfg.get("encoder") or {}),
         tasks=[task for task, node in (cfg.get("head") or {}).items() if not _unfused(node)],
+        **_wired(cfg.data, {"seed": int(cfg.get("seed") or 0)}),
     )
 
 
@@ -131,6 +133,8 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     id of the run directory); once the trainer exists, the flat config and the git commit are
     logged to its loggers as hyperparameters (:func:`mmtrain.utils.loggers.log_run_info`).
     """
+    from mmtrain.callbacks.resume import ResumeState
+    from mmtrain.utils.checkpoint_io import AtomicCheckpointIO
     from mmtrain.utils.loggers import log_run_info, prepare_logger_node
 
     extra = _allowed(cfg)
@@ -139,6 +143,9 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
         for name, node in (cfg.get("callbacks") or {}).items()
         if node is not None and "_target_" in node
     ]
+    # ResumeState stops a run on a signal at the end of a step: every other callback sees the
+    # step first (Lightning puts the checkpoint callbacks after all of them).
+    callbacks.sort(key=lambda c: isinstance(c, ResumeState))
     output_dir = cfg.paths.output_dir
     loggers = [
         safe_instantiate(
@@ -156,6 +163,8 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
         isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks
     ):
         kwargs["enable_checkpointing"] = False  # callbacks=none: no checkpoints at all
+    if not cfg.trainer.get("plugins"):  # checkpoints written atomically (kill -9 safe)
+        kwargs["plugins"] = [AtomicCheckpointIO()]
     trainer = safe_instantiate(
         cfg.trainer, "trainer", extra, callbacks=callbacks, logger=loggers or False, **kwargs
     )

@@ -9,6 +9,8 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -305,6 +307,7 @@ def sweep_job(stage: str, cfg: Any, previous: dict[str, list[str]] | None) -> fl
             resumed = True
             print(f"mmtrain {stage}: job {num}: resuming from {last}", flush=True)
 
+    from mmtrain.errors import Preempted
     from mmtrain.run import run
 
     try:
@@ -314,6 +317,8 @@ def sweep_job(stage: str, cfg: Any, previous: dict[str, list[str]] | None) -> fl
             # the final validation metrics come from validating it.
             metrics = {**metrics, **run("validate", cfg)}
             (job_dir / sweep.METRICS).write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    except Preempted:  # the whole sweep was asked to stop; resume=true finishes it
+        raise
     except Exception as err:  # any failure of one job; KeyboardInterrupt still ends the sweep
         path = sweep.record_failure(job_dir, err)
         print(
@@ -323,6 +328,32 @@ def sweep_job(stage: str, cfg: Any, previous: dict[str, list[str]] | None) -> fl
         )
         return None
     return sweep.objective_of(metrics, objective)
+
+
+def _resume_hint(stop: Any) -> str:
+    """The command that resumes a preempted run (fit, not requeued) in its run directory."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    if stop.requeued:
+        return ""
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return "; finish the sweep with the same command and resume=true"
+    kept = [o for o in hydra_cfg.overrides.task if not o.startswith("ckpt_path=")]
+    words = [
+        "mmtrain",
+        "fit",
+        *kept,
+        f"ckpt_path={_plain_or_quoted(stop.checkpoint)}",
+        f"hydra.run.dir={_plain_or_quoted(hydra_cfg.runtime.output_dir)}",
+    ]
+    return "; resume with: " + " ".join(shlex.quote(w) for w in words)
+
+
+def _plain_or_quoted(value: str) -> str:
+    """A value for Hydra's override grammar: as it is when it is a plain path."""
+    return value if re.fullmatch(r"[\w./-]+", value) else _quote(value)
 
 
 def _end_distributed(before: dict[str, str | None]) -> None:
@@ -392,21 +423,25 @@ def main(argv: list[str] | None = None) -> Any:
         if hydra_cfg.mode == RunMode.MULTIRUN:  # the workers run this job, not the sweep
             sys.argv = [script, *config_args, *hydra_cfg.overrides.task]
 
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            launched = {k: os.environ.get(k) for k in DDP_ENV}
-            try:
-                return sweep_job(stage, cfg, previous)
-            finally:
-                _end_distributed(launched)
-        from mmtrain.errors import MMTrainError
-        from mmtrain.run import run
-        from mmtrain.utils.sweep import objective_of
+        from mmtrain.errors import MMTrainError, Preempted
 
         try:
+            if HydraConfig.get().mode == RunMode.MULTIRUN:
+                launched = {k: os.environ.get(k) for k in DDP_ENV}
+                try:
+                    return sweep_job(stage, cfg, previous)
+                finally:
+                    _end_distributed(launched)
+            from mmtrain.run import run
+            from mmtrain.utils.sweep import objective_of
+
             metrics = run(stage, cfg)
         except MMTrainError as err:
             print(f"mmtrain {stage}: error: {err}", file=sys.stderr)
             sys.exit(1)
+        except Preempted as stop:  # a signal: the checkpoint is written, the run (sweep) ends
+            print(f"mmtrain {stage}: {stop.message}{_resume_hint(stop)}", file=sys.stderr)
+            sys.exit(stop.exit_code)
         return objective_of(metrics, cfg.get("optimized_metric"))
 
     hydra_main = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=stage)

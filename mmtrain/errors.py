@@ -7,3 +7,33 @@ a programming error and keeps its traceback.
 
 class MMTrainError(ValueError):
     """A problem with what the user gave us: a config key, a file, a sample or a checkpoint."""
+
+
+class Preempted(Exception):  # noqa: N818 - a stop, not an error of the program
+    """A run stopped by a signal (SIGTERM, SIGUSR1) after writing a checkpoint to resume from.
+
+    The CLI prints :attr:`message` and exits with ``128 + signum``, the status of a process
+    ended by that signal, so schedulers and shells see a termination, not a success.
+
+    Args:
+        signum: the signal.
+        checkpoint: the checkpoint written.
+        step: the optimizer steps done (the checkpoint's ``global_step``).
+        epoch: the epoch the run was in.
+        requeued: whether the job was requeued (SLURM auto-requeue).
+    """
+
+    def __init__(
+        self, signum: int, checkpoint: str, step: int, epoch: int, requeued: bool = False
+    ) -> None:
+        import signal
+
+        self.signum, self.checkpoint, self.step, self.epoch = signum, checkpoint, step, epoch
+        self.requeued = requeued
+        self.exit_code = 128 + signum
+        name = signal.Signals(signum).name
+        self.message = (
+            f"stopped by {name} at step {step} (epoch {epoch}); checkpoint written to "
+            f"{checkpoint}" + ("; the job is requeued and resumes from it" if requeued else "")
+        )
+        super().__init__(self.message)

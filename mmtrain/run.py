@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
 
 from mmtrain.build import build_datamodule, build_module, build_trainer
+from mmtrain.callbacks.resume import requeued_checkpoint
 from mmtrain.errors import MMTrainError
 from mmtrain.module import CHECKPOINT_KEY, REFERENCES
 from mmtrain.utils.config_check import check_config
@@ -226,6 +227,10 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
     if cfg.get("robustness") not in ROBUSTNESS:
         raise MMTrainError(f"robustness={cfg.robustness!r}: choose null or missing")
     ckpt_path = cfg.get("ckpt_path")
+    if stage == "fit" and not ckpt_path:  # a requeued SLURM job continues from its checkpoint
+        ckpt_path = requeued_checkpoint(cfg.paths.output_dir)
+        if ckpt_path is not None:
+            log.warning("requeued SLURM job: resuming from %s", ckpt_path)
     ckpt = load_checkpoint(ckpt_path) if ckpt_path else None
     if stage != "fit" and ckpt is None:
         raise MMTrainError(f"mmtrain {stage} needs ckpt_path=<file> (a checkpoint of mmtrain fit)")

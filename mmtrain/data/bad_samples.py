@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmtrain.contracts import Batch
 from mmtrain.data.collate import collate
+from mmtrain.data.sampling import POSITION, ResumableSampler, SampleKey, seeded
 from mmtrain.errors import MMTrainError
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,15 @@ class TransformedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.raw)
 
-    def __getitem__(self, index: int) -> dict[str, Any] | BadSample:
+    def __getitem__(self, key: int | SampleKey) -> dict[str, Any] | BadSample:
+        """The sample at ``key``: an index, or (training) an index and the seed of its random
+        state (:class:`~mmtrain.data.sampling.ResumableSampler`)."""
+        if isinstance(key, tuple):
+            with seeded(key.seed):  # its augmentation, whatever process or position loads it
+                return self._load(key.index)
+        return self._load(key)
+
+    def _load(self, index: int) -> dict[str, Any] | BadSample:
         try:
             item = self.raw[index]  # the data set's own errors name the sample
         except MMTrainError as err:
@@ -147,14 +156,19 @@ class CheckedDataLoader(DataLoader):
         count, errors = 0, []
         if self.policy.on_error == "skip":
             self.policy.totals[self.policy.split] = 0
+        resumable = isinstance(self.sampler, ResumableSampler)
+        position = self.sampler.start_batch() if resumable else 0
         try:
             for batch in super().__iter__():
+                position += 1
+                if resumable:
+                    batch[POSITION] = position
                 bad = batch.pop(BAD_KEY, [])
                 if bad:
                     count += len(bad)
                     errors += bad
                     self.policy.check(count, errors)
-                if batch:
+                if batch.keys() - {POSITION}:  # not every sample of the batch was bad
                     yield batch
         finally:  # the end of the pass, or Lightning stopping early (limit_*_batches)
             self.policy.report(count, errors)

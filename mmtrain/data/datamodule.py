@@ -13,7 +13,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from mmtrain.data.bad_samples import (
     ON_ERROR,
@@ -22,6 +22,7 @@ from mmtrain.data.bad_samples import (
     TransformedDataset,
     collate_checked,
 )
+from mmtrain.data.sampling import ResumableSampler
 from mmtrain.data.transforms import AudioTransform, ImageTransform, WordTokenizer
 from mmtrain.data.transforms.image import IGNORE_INDEX
 from mmtrain.errors import MMTrainError
@@ -128,6 +129,8 @@ class MultimodalDataModule(pl.LightningDataModule):
             included); the model gets them as ``class_names["mask"]`` (the segmentation head's
             ``num_classes`` and ``class_names``). None: the head needs
             ``head.mask.num_classes`` in its YAML, and mask ids are not checked.
+        seed: the seed of the training order and of each sample's augmentation (wired by
+            build.py from the run's ``seed``); see :mod:`mmtrain.data.sampling`.
 
     Raises:
         ValueError: for a non-positive batch size, negative worker count, unknown
@@ -156,6 +159,7 @@ class MultimodalDataModule(pl.LightningDataModule):
         on_error: Literal["raise", "skip"] = "raise",
         max_skipped: float = 0.01,
         mask_classes: list[str] | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if batch_size <= 0 or num_workers < 0:
@@ -183,6 +187,9 @@ class MultimodalDataModule(pl.LightningDataModule):
             )
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.seed = seed
+        # Where a resumed run continues: {"epoch", "batches", "positions"} (see resume()).
+        self._resume: dict[str, Any] | None = None
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.predict_split = predict_split
         self.class_names: dict[str, list[str]] = {}
@@ -403,32 +410,54 @@ class MultimodalDataModule(pl.LightningDataModule):
         return self._make_loader(self.datasets[split], split, train)
 
     def _make_loader(
-        self,
-        raw: Dataset,
-        name: str,
-        train: bool,
-        sampler: Sampler | None = None,
-        source: str | None = None,
+        self, raw: Dataset, name: str, train: bool, source: str | None = None
     ) -> CheckedDataLoader:
         """The loader of one raw data set; ``name`` keys its count of skipped samples, and
-        ``source`` (data=multi) goes into every batch as its data set's name."""
+        ``source`` (data=multi) goes into every batch as its data set's name. Training loaders
+        take their order from a :class:`ResumableSampler`; no loader draws from the global
+        random state (each has its own generator), so loading never shifts the model's
+        random draws."""
         policy = BadSamplePolicy(name, len(raw), self.on_error, self.max_skipped, self.skipped)
         return CheckedDataLoader(
             TransformedDataset(raw, self.encode, train),
             policy=policy,
             batch_size=self.batch_size,
-            shuffle=train if sampler is None else None,
-            sampler=sampler,
+            sampler=self._train_sampler(raw, source) if train else None,
             num_workers=self.num_workers,
             collate_fn=collate_checked
             if source is None
             else partial(collate_checked, source=source),
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
+    def _train_sampler(self, raw: Dataset, source: str | None = None) -> ResumableSampler:
+        """The training order of one data set: shuffled by seed and epoch, split over the
+        processes of a distributed run, starting where a resumed run stopped."""
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        sampler = ResumableSampler(raw, self.batch_size, world, rank, seed=self.seed)
+        if self._resume is not None:
+            position = self._resume["positions"].get(source or "", 0)
+            sampler.resume(int(self._resume["epoch"]), int(position))
+        return sampler
+
+    def resume(self, epoch: int, batches: int, positions: dict[str, int]) -> None:
+        """Make the next training loader continue an interrupted epoch (exact resume).
+
+        Args:
+            epoch: the epoch the run stopped in.
+            batches: the batches the run trained on in that epoch.
+            positions: ``{data set: batches of its loader consumed}`` (``""`` for a single
+                data set), the ``POSITION`` of the last batch of each.
+        """
+        self._resume = {"epoch": epoch, "batches": batches, "positions": dict(positions)}
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
+        loader = self._loader("train", train=True)
+        self._resume = None  # applied once: the following epochs start at their beginning
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")

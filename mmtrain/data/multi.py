@@ -24,15 +24,12 @@ on every process of a distributed run (each data set is then split over the proc
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from functools import partial
 from typing import Any, Literal
 
 import torch
-from lightning_fabric.utilities.seed import pl_worker_init_function
 from pytorch_lightning.utilities import CombinedLoader
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from mmtrain.contracts import Batch
 from mmtrain.data.datamodule import SPLIT_OF_STAGE, MultimodalDataModule, split_kwargs
@@ -115,6 +112,18 @@ class SourceSampler:
         self.loaders, self.sizes = loaders, list(sizes)
         self.sampling, self.temperature, self.seed = sampling, temperature, seed
         self.epoch = 0
+        self._resume: tuple[int, int] | None = None
+
+    def resume(self, epoch: int, batches: int) -> None:
+        """Make the next pass the rest of ``epoch``, after its first ``batches`` batches."""
+        self._resume = (epoch, batches)
+
+    def start(self) -> int:
+        """Where the next pass starts in the schedule; takes a pending :meth:`resume`."""
+        if self._resume is None:
+            return 0
+        (self.epoch, batches), self._resume = self._resume, None
+        return batches
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -145,7 +154,8 @@ class MultiSourceLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         iterators: dict[str, Iterator[Batch]] = {}
-        for i in self.sampler.schedule():
+        start = self.sampler.start()  # a resumed pass: the loaders resume their own positions
+        for i in self.sampler.schedule()[start:]:
             name = self.names[i]
             batch = next(iterators[name], None) if name in iterators else None
             if batch is None:  # not started yet, or run out: start (over)
@@ -227,6 +237,7 @@ class MultiDataModule(MultimodalDataModule):
             predict_split=predict_split,
             on_error=on_error,
             max_skipped=max_skipped,
+            seed=seed,
         )
         if not sources:
             raise ValueError("data.sources is empty: list the data sets, {name: {dataset: ...}}")
@@ -346,27 +357,14 @@ class MultiDataModule(MultimodalDataModule):
 
     # ---- loaders ------------------------------------------------------------------------------
     def _train_loaders(self) -> dict[str, DataLoader]:
+        """One loader per data set, each with its own resumable order (split over the
+        processes of a distributed run, here: Lightning leaves DistributedSamplers alone)."""
         if "train" not in self.datasets:
             self.setup(None)
-        world = self.trainer.world_size if self.trainer is not None else 1
-        # Lightning splits the DataLoaders it is handed (a CombinedLoader's too) over the
-        # processes itself; those inside a MultiSourceLoader are split here.
-        split_here = world > 1 and self.sampling != "joint"
-        # Lightning also seeds the workers of those loaders only (seed_everything(workers=True)).
-        seed_workers = os.environ.get("PL_SEED_WORKERS") == "1" and self.num_workers > 0
-        loaders = {}
-        for name, raw in self.datasets["train"].items():
-            sampler = None
-            if split_here:
-                sampler = DistributedSampler(
-                    raw, world, self.trainer.global_rank, shuffle=True, seed=self.seed
-                )
-            loader = self._make_loader(raw, f"train/{name}", True, sampler, source=name)
-            if seed_workers and self.sampling != "joint":
-                rank = self.trainer.global_rank if self.trainer is not None else 0
-                loader.worker_init_fn = partial(pl_worker_init_function, rank=rank)
-            loaders[name] = loader
-        return loaders
+        return {
+            name: self._make_loader(raw, f"train/{name}", True, source=name)
+            for name, raw in self.datasets["train"].items()
+        }
 
     def _eval_loaders(self, split: str) -> list[DataLoader]:
         """One loader per data set: Lightning runs each in turn (``limit_*_batches`` and the
@@ -380,11 +378,19 @@ class MultiDataModule(MultimodalDataModule):
         ]
 
     def train_dataloader(self) -> Any:
+        try:
+            return self._train_dataloader()
+        finally:
+            self._resume = None  # applied once: the following epochs start at their beginning
+
+    def _train_dataloader(self) -> Any:
         loaders = self._train_loaders()
         if self.sampling == "joint":
             return CombinedLoader(loaders, mode="max_size_cycle")
         sizes = [len(d) for d in self.datasets["train"].values()]
         sampler = SourceSampler(loaders, sizes, self.sampling, self.temperature, self.seed)
+        if self._resume is not None:
+            sampler.resume(int(self._resume["epoch"]), int(self._resume["batches"]))
         return MultiSourceLoader(loaders, sampler)
 
     def val_dataloader(self) -> Any:
