@@ -14,6 +14,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from mmtrain.contracts import Batch, Features, SharedParameters
 from mmtrain.errors import MMTrainError
 from mmtrain.loss_weighting.base import GradientWeighting
+from mmtrain.utils.nonfinite import NonFiniteGuard, describe_parameters
 
 CHECKPOINT_KEY = "mmtrain"  # checkpoint[CHECKPOINT_KEY] = {"config": yaml, "data": state}
 TOTAL = "_total"  # the key of the total loss among the per-task evaluation losses
@@ -55,6 +56,10 @@ class MultimodalModule(pl.LightningModule):
         modality_dropout: in training, the probability that a sample loses a modality (its
             features are fully masked, which every fusion accepts); a sample always keeps at
             least one modality.
+        nonfinite: a training step with a NaN or infinite loss or gradient: ``raise`` (stop,
+            naming the step, tasks and sample ids) or ``skip`` (leave the weights as they
+            were, count it); see :mod:`mmtrain.utils.nonfinite`.
+        nonfinite_budget: with ``skip``, the most steps skipped in a run.
 
     Attributes:
         without: modalities left out of evaluation (robustness tests set it), as if absent.
@@ -70,10 +75,16 @@ class MultimodalModule(pl.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         config_yaml: str | None = None,
         modality_dropout: float = 0.0,
+        nonfinite: str = "raise",
+        nonfinite_budget: int = 10,
     ) -> None:
         super().__init__()
         if not 0.0 <= modality_dropout < 1.0:
             raise ValueError(f"modality_dropout must be in [0, 1), got {modality_dropout}")
+        self.nonfinite = NonFiniteGuard(nonfinite, nonfinite_budget)
+        self._skip_step = False  # this optimizer step's gradients are dropped (nonfinite=skip)
+        self._batch: tuple[int, Batch] = (0, {})  # the step's batch, for messages
+        self._buffers_before: list[Tensor] = []  # nonfinite=skip: buffers before the step
         self.modality_dropout = modality_dropout
         self.without: frozenset[str] = frozenset()
         self.encoders = nn.ModuleDict(encoders)
@@ -211,6 +222,7 @@ class MultimodalModule(pl.LightningModule):
                 self.eval_losses[f"{split}_{task}"].update(loss.detach(), batch_size)
             self.eval_losses[f"{split}_{TOTAL}"].update(total.detach(), batch_size)
             return total
+        self._check_losses(losses)
         self._train_losses = losses  # for a gradient-based weighting's backward
         for task, loss in losses.items():
             self.log(f"train/loss/{task}", loss, on_step=True, batch_size=batch_size)
@@ -237,7 +249,58 @@ class MultimodalModule(pl.LightningModule):
             metric.reset()
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        self._batch = (batch_idx, batch)  # for messages about this step
+        if self.nonfinite.policy == "skip" and not self._buffers_before:
+            # as at the start of the optimizer step (its first accumulated batch): the forward
+            # updates buffers (batch norm statistics)
+            self._buffers_before = [b.clone() for b in self.buffers()]
         return self._step(batch, "train")
+
+    def _where(self) -> str:
+        """The step, epoch, batch and its first sample ids, for messages."""
+        batch_idx, batch = self._batch
+        parts = list(batch.values()) if is_joint(batch) else [batch]
+        ids = [str(i) for part in parts for i in part.get("id", ())]
+        shown = ", ".join(ids[:8]) + (", ..." if len(ids) > 8 else "")
+        return (
+            f"step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx}; "
+            f"samples {shown})"
+        )
+
+    def _check_losses(self, losses: dict[str, Tensor]) -> None:
+        """``model.nonfinite`` for the step's task losses (every process decides the same)."""
+        bad = self.nonfinite.bad_losses(losses)
+        anywhere = bool(bad)
+        if self._trainer is not None and self.trainer.world_size > 1:
+            anywhere = self.trainer.strategy.reduce_boolean_decision(anywhere, all=False)
+        if anywhere:
+            values = ", ".join(f"task {t!r} loss={v}" for t, v in bad.items())
+            self.nonfinite.handle(
+                f"non-finite loss ({values or 'on another process'})", self._where()
+            )
+            self._skip_step = True
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """``model.nonfinite`` for the gradients (unless fp16's loss scaler handles them);
+        a skipped step reaches the optimizer without gradients, so nothing changes."""
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if not self._skip_step and scaler is None:
+            bad = self.nonfinite.bad_gradients(self.named_parameters())
+            if bad:
+                self.nonfinite.handle(
+                    f"non-finite gradients in {describe_parameters(bad)}", self._where()
+                )
+                self._skip_step = True
+        if self._skip_step:
+            for group in optimizer.param_groups:
+                for param in group["params"]:
+                    param.grad = None
+            with torch.no_grad():  # running statistics as before the bad batch
+                for buffer, before in zip(self.buffers(), self._buffers_before):
+                    buffer.copy_(before)
+            self._skip_step = False
+            self.log("train/nonfinite_steps", float(self.nonfinite.skipped), on_step=True)
+        self._buffers_before = []
 
     # dataloader_idx: data=multi evaluates one data loader per data set.
     def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -335,4 +398,9 @@ class MultimodalModule(pl.LightningModule):
         checkpoint[CHECKPOINT_KEY] = {
             "config": self.config_yaml,
             "data": datamodule.state_dict() if datamodule is not None else {},
+            "nonfinite_steps": self.nonfinite.skipped,
         }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resume the count of skipped steps (``model.nonfinite=skip``)."""
+        self.nonfinite.skipped = int(checkpoint.get(CHECKPOINT_KEY, {}).get("nonfinite_steps", 0))

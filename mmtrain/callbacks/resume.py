@@ -25,6 +25,7 @@ import random
 import re
 import signal
 import subprocess
+import warnings
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -156,6 +157,9 @@ class ResumeState(Checkpoint):
         datamodule = getattr(trainer, "datamodule", None)
         if datamodule is None or not hasattr(datamodule, "resume"):
             return
+        # Lightning warns that a mid-epoch resume repeats batches unless the loaders are
+        # stateful: here the position is restored through the data module instead.
+        warnings.filterwarnings("ignore", message=".*dataloader is not resumable")
         if self.epoch_done:  # Lightning goes on with the next epoch, from its first batch
             datamodule.resume(self.epoch + 1, 0, {})
         else:
