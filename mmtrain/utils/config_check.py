@@ -19,7 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationToMissingValueError, OmegaConfBaseException
 
 from mmtrain.errors import MMTrainError
-from mmtrain.utils.instantiate import check_allowed, targets
+from mmtrain.utils.instantiate import check_allowed, target_name, targets
 
 _PRIMITIVES = (int, float, bool, str, type(None))
 
@@ -38,6 +38,8 @@ def _matches(value: Any, annotation: Any) -> bool | None:
         return value is None
     if value is None:
         return False
+    if _is_tensor(annotation):  # a config value (a number, a string, a list) is never a tensor
+        return False
     if annotation is bool:
         return isinstance(value, bool)
     if annotation is int:
@@ -52,6 +54,14 @@ def _matches(value: Any, annotation: Any) -> bool | None:
     if inspect.isclass(container) and issubclass(container, Sequence) and container is not str:
         return isinstance(value, list)
     return None
+
+
+def _is_tensor(annotation: Any) -> bool:
+    """Whether ``annotation`` is ``torch.Tensor`` (or a subclass), without importing torch."""
+    return inspect.isclass(annotation) and any(
+        cls.__name__ == "Tensor" and cls.__module__.split(".")[0] == "torch"
+        for cls in annotation.__mro__
+    )
 
 
 def _callable_params(target: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
@@ -86,11 +96,11 @@ def _value(node: DictConfig, key: str) -> tuple[bool, Any]:
 
 def check_node(node: DictConfig, path: str) -> list[str]:
     """Problems with one ``_target_`` node (not its children)."""
-    target_name = str(node._get_node("_target_")._value())
+    name = target_name(node)
     try:
-        target = get_object(target_name)
+        target = get_object(name)
     except Exception as err:
-        return [f"{path}._target_: cannot import {target_name!r} ({err})"]
+        return [f"{path}._target_: cannot import {name!r} ({err})"]
     params, hints, open_kwargs = _callable_params(target)
     if not params and open_kwargs:
         return []
@@ -104,7 +114,7 @@ def check_node(node: DictConfig, path: str) -> list[str]:
                 close = difflib.get_close_matches(key, list(params), n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
                 problems.append(
-                    f"{path}.{key}: unknown key for {target_name}{hint} "
+                    f"{path}.{key}: unknown key for {name}{hint} "
                     f"(valid keys: {', '.join(k for k in params if k != 'self')})"
                 )
             continue
@@ -119,6 +129,11 @@ def check_node(node: DictConfig, path: str) -> list[str]:
 
 
 def _type_name(annotation: Any) -> str:
+    """``int``, ``float | Tensor``, ``int | None``, ``Literal['a', 'b']``..."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return "None"
     if isinstance(annotation, type):
         return annotation.__name__
     return str(annotation).replace("typing.", "")
@@ -159,7 +174,8 @@ def check_config(cfg: DictConfig, extra_allowed: Sequence[str] = ()) -> None:
     """Validate the whole config; raise one error listing every problem.
 
     Raises:
-        MMTrainError: with one line per problem.
+        MMTrainError: ``invalid config: <problem>`` on one line for one problem, else
+            ``invalid config:`` and one line per problem.
     """
     problems: list[str] = []
     missing, broken = _scan(cfg)
@@ -174,5 +190,7 @@ def check_config(cfg: DictConfig, extra_allowed: Sequence[str] = ()) -> None:
     else:
         for path, _, node in targets(cfg):
             problems += check_node(node, path)
+    if len(problems) == 1:  # one problem: one line
+        raise MMTrainError(f"invalid config: {problems[0]}")
     if problems:
         raise MMTrainError("invalid config:\n  " + "\n  ".join(problems))
