@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -246,11 +247,49 @@ def resume_last(stage: str, argv: list[str]) -> list[str]:
         )
         sys.exit(1)
     last = found[-1]
+    if stage == "fit":  # a bad checkpoint fails before Hydra writes into its run directory
+        from mmtrain.errors import MMTrainError
+        from mmtrain.run import load_checkpoint
+
+        try:
+            load_checkpoint(last, mmap=True)
+        except MMTrainError as err:
+            print(f"mmtrain {stage}: error: {err}", file=sys.stderr)
+            sys.exit(1)
     print(f"mmtrain {stage}: ckpt_path=last is {last}", flush=True)
     extra = [f"ckpt_path={_quote(str(last))}"]
     if stage == "fit":  # the same run directory: checkpoints, logs and metrics continue there
         extra.append(f"hydra.run.dir={_quote(str(last.parent.parent))}")
     return extra
+
+
+def keep_run_config(stage: str, argv: list[str]) -> list[str]:
+    """A run reusing a run directory (resuming it) keeps that directory's ``.hydra/``.
+
+    Hydra writes the composed config into ``<run dir>/.hydra/`` before mmtrain sees it, so a
+    resume with a bad override would replace the run's record of its own config. When the
+    command names a ``hydra.run.dir`` that already has ``.hydra/config.yaml``, this run's
+    config goes to ``.hydra/<stage>-<date>_<time>/`` instead.
+
+    Returns:
+        ``[hydra.output_subdir=...]``, or nothing.
+    """
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        args = get_args_parser().parse_args(argv)
+        parsed = OverridesParser.create().parse_overrides(args.overrides)
+    except (Exception, SystemExit):
+        return []
+    keys = {o.key_or_group: o for o in parsed if not o.is_delete()}
+    run_dir = keys.get("hydra.run.dir")
+    if run_dir is None or "hydra.output_subdir" in keys or args.multirun or args.cfg:
+        return []
+    if not (Path(str(run_dir.value())) / ".hydra" / "config.yaml").is_file():
+        return []
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    return [f"hydra.output_subdir=.hydra/{stage}-{stamp}"]
 
 
 def _jobs_in(sweep_dir: Path) -> dict[str, list[str]]:
@@ -405,6 +444,7 @@ def main(argv: list[str] | None = None) -> Any:
     started = False
     extra, previous = resume_sweep(stage, rest)
     extra += resume_last(stage, rest)
+    extra += keep_run_config(stage, [*rest, *extra])
 
     def task(cfg: Any) -> Any:
         nonlocal started

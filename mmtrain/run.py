@@ -45,8 +45,25 @@ INPUT_DATASET = "mmtrain.data.folder.InputFolderDataset"  # predict ... input=<f
 SINGLE_DATAMODULE = "mmtrain.data.datamodule.MultimodalDataModule"  # predict input= on data=multi
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def _load_failure(err: Exception) -> str:
+    """One line on why ``torch.load(weights_only=True)`` failed; torch's own first line advises
+    loading with ``weights_only=False``, which is exactly what must not be done with a file from
+    elsewhere."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        skip = ("Check the documentation", "Please file an issue", "In PyTorch", "(1)", "(2)")
+        detail = [ln for ln in lines[1:] if not ln.startswith(skip) and "weights_only" not in ln]
+        reason = detail[0].removeprefix("WeightsUnpickler error:").strip() if detail else ""
+        return "refused by the safe loader (weights_only=True)" + (f": {reason}" if reason else "")
+    return lines[0] if lines else type(err).__name__
+
+
+def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     """Load a checkpoint safely (``weights_only=True``) and check it is one of ours.
+
+    Args:
+        path: the file.
+        mmap: map the file instead of reading it (a cheap check before the real load).
 
     Raises:
         MMTrainError: if the file is missing, unreadable, or carries no mmtrain config.
@@ -55,13 +72,30 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise MMTrainError(f"ckpt_path: checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # corrupt zip, foreign pickle: never unpickle arbitrary objects
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise MMTrainError(f"ckpt_path: cannot load checkpoint {path}: {first_line}") from None
+        reason = _load_failure(err)
+        raise MMTrainError(f"ckpt_path: cannot load checkpoint {path}: {reason}") from None
     if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:
         raise MMTrainError(f"ckpt_path: {path} is not an mmtrain checkpoint (no stored config)")
     return ckpt
+
+
+def _state_mismatch(model: dict[str, Any], stored: dict[str, Any]) -> str:
+    """The first differences between the model's weights and a checkpoint's, in one line."""
+    missing = [k for k in model if k not in stored]
+    unexpected = [k for k in stored if k not in model]
+    shapes = [
+        f"{k} {tuple(stored[k].shape)} vs {tuple(v.shape)}"
+        for k, v in model.items()
+        if k in stored and hasattr(v, "shape") and tuple(stored[k].shape) != tuple(v.shape)
+    ]
+    parts = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
+        if keys:
+            more = f" (+{len(keys) - 2} more)" if len(keys) > 2 else ""
+            parts.append(f"{len(keys)} {what}: {', '.join(keys[:2])}{more}")
+    return "; ".join(parts) or "the weights do not load"
 
 
 def _user_overrides() -> list[Any]:
@@ -262,10 +296,10 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
     if ckpt is not None:  # resuming too: a clear error before Lightning's traceback
         try:
             model.load_state_dict(ckpt["state_dict"])
-        except RuntimeError as err:
+        except RuntimeError:
             raise MMTrainError(
                 f"ckpt_path: {ckpt_path} does not fit the configured model: "
-                f"{str(err).splitlines()[0]}"
+                f"{_state_mismatch(model.state_dict(), ckpt['state_dict'])}"
             ) from None
     trainer = build_trainer(cfg)
 

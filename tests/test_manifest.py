@@ -23,6 +23,7 @@ from PIL import Image
 from mmtrain.build import build_datamodule
 from mmtrain.data.datamodule import MultimodalDataModule, class_order
 from mmtrain.data.manifest import ManifestDataset
+from mmtrain.data.sampling import POSITION
 from mmtrain.data.shapes import ShapesDataset
 from mmtrain.data.transforms import AudioTransform, ImageTransform, WordTokenizer
 from mmtrain.errors import MMTrainError
@@ -208,7 +209,7 @@ def test_string_labels_and_a_modality_without_encoder(tmp_path):
     dm.setup("fit")
     assert dm.class_names["label"] == ["bird", "cat", "dog"]
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {"id", "image", "label"}
+    assert set(batch) == {"id", "image", "label", POSITION}  # POSITION: training batches
 
 
 def test_missing_target_column_names_the_head_and_the_columns(manifests, tmp_path):
@@ -279,7 +280,7 @@ def test_removing_an_encoder_removes_the_modality(compose_config, manifests):
     dm.setup("fit")
     assert dm.modalities == ["image", "text"] and dm.tasks == ["label"]
     batch = next(iter(dm.train_dataloader()))
-    assert sorted(batch) == ["id", "image", "label", "text", "text_mask"]
+    assert sorted(batch) == [POSITION, "id", "image", "label", "text", "text_mask"]
 
 
 # ---- bad lines: file:line errors -----------------------------------------------------------

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +32,21 @@ NAMES = {"coco": "COCO captions", "flickr8k": "Flickr8k", "flickr30k": "Flickr30
 # The image folders of the real releases ("Flicker" is how the Flickr8k zip spells it).
 IMAGE_DIRS = {"flickr8k": "Flicker8k_Dataset", "flickr30k": "flickr30k-images"}
 LOADABLE = ("image", "caption", "caption_references")
+OFFICIAL_FIELDS = {"images": ("id", "file_name"), "annotations": ("id", "image_id", "caption")}
 
 
 @dataclass(frozen=True)
 class CaptionedImage:
-    """One image of a split: its id, its file and its captions (raw, in annotation order)."""
+    """One image of a split: its id, its file and its captions (raw, in annotation order).
+
+    ``caption_ids`` name each caption in its file, for error messages: ``annotation <id>`` in
+    the official layout, ``sentid <id>`` in a Karpathy split file.
+    """
 
     id: str
     path: Path
     captions: tuple[str, ...]
+    caption_ids: tuple[str, ...] = ()
 
 
 def _read_json(path: Path) -> Any:
@@ -49,6 +55,16 @@ def _read_json(path: Path) -> Any:
             return json.load(f)
     except json.JSONDecodeError as err:
         raise MMTrainError(f"{path}: not valid JSON: {err}") from None
+
+
+def _int_id(value: Any) -> int | None:
+    """An id as an integer (``42``, ``"42"``), or None when it is not one."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _id_key(raw_id: int | str) -> tuple[int, int, str]:
@@ -65,7 +81,10 @@ class CaptionDataset(Dataset):
     whitespace stripped). The ``train`` split has one item per (image, caption) pair; ``val``
     and ``test`` have one item per image whose ``caption`` is its first caption, plus
     ``caption_references``: all of its captions. Images are sorted by id and captions by
-    annotation id (``sentid`` in a split file); images without captions are skipped.
+    annotation id (``sentid`` in a split file); images without captions are skipped. A missing
+    image file or a blank caption is an :class:`MMTrainError` naming the file, the image and
+    (for a caption) its annotation when its item is loaded, so that ``data.on_error=skip`` can
+    skip it.
 
     COCO has no public test captions, so without a split file ``test`` reads ``val{year}``, the
     same images as ``val``; use Karpathy's split (``split_file=.../dataset_coco.json``) for a
@@ -91,7 +110,7 @@ class CaptionDataset(Dataset):
     Raises:
         ValueError: for an unknown split, year or format, or ``image_dir`` without a split file.
         MMTrainError: for a missing root, annotation file, split file or image folder, or a
-            file that is not in the expected layout.
+            file that is not in the expected layout (naming the entry, ``annotations[3]``).
     """
 
     def __init__(
@@ -168,28 +187,72 @@ class CaptionDataset(Dataset):
                 f"({self._root_hint()})"
             )
         data = _read_json(self.source)
-        try:
-            files = {int(image["id"]): str(image["file_name"]) for image in data["images"]}
-            annotations = sorted(
-                (int(a["image_id"]), int(a["id"]), str(a["caption"])) for a in data["annotations"]
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise MMTrainError(
-                f"{self.source}: not the official COCO captions JSON ({type(err).__name__}: "
-                f"{err}); expected images[] with id/file_name and annotations[] with "
-                "id/image_id/caption"
-            ) from None
-        captions: dict[int, list[str]] = {}  # sorted by image id, then annotation id
+        entries = self._official_entries(data)
+        files = {image_id: file_name for image_id, file_name in entries["images"]}
+        annotations = sorted(entries["annotations"])
+        captions: dict[int, list[tuple[int, str]]] = {}  # by image id, then annotation id
         for image_id, annotation_id, caption in annotations:
             if image_id not in files:
                 raise MMTrainError(
                     f"{self.source}: annotation {annotation_id} is of image_id {image_id}, "
                     "which is not in images[]"
                 )
-            captions.setdefault(image_id, []).append(caption.strip())
+            captions.setdefault(image_id, []).append((annotation_id, caption.strip()))
         return [
-            CaptionedImage(str(i), folder / files[i], tuple(caps)) for i, caps in captions.items()
+            CaptionedImage(
+                str(i),
+                folder / files[i],
+                tuple(c for _, c in caps),
+                tuple(f"annotation {a}" for a, _ in caps),
+            )
+            for i, caps in captions.items()
         ]
+
+    def _official_entries(self, data: Any) -> dict[str, list[tuple[Any, ...]]]:
+        """``images`` as ``(id, file_name)`` and ``annotations`` as ``(image_id, id, caption)``.
+
+        Raises:
+            MMTrainError: naming the first entry (``annotations[3] (id 1201)``) that lacks a
+                field or has one of the wrong type.
+        """
+
+        def bad(problem: str) -> MMTrainError:
+            return MMTrainError(
+                f"{self.source}: not the official COCO captions JSON: {problem}; expected "
+                "images[] with id/file_name and annotations[] with id/image_id/caption"
+            )
+
+        if not isinstance(data, dict):
+            raise bad(f"the top level is a {type(data).__name__}, not an object")
+        entries: dict[str, list[tuple[Any, ...]]] = {}
+        for key, fields in OFFICIAL_FIELDS.items():
+            if not isinstance(data.get(key), list):
+                raise bad(f"no {key!r} list")
+            entries[key] = []
+            for i, entry in enumerate(data[key]):
+                where = f"{key}[{i}]"
+                if not isinstance(entry, dict):
+                    raise bad(f"{where} is a {type(entry).__name__}, not an object")
+                if "id" in entry:
+                    where += f" (id {entry['id']!r})"
+                for field in fields:
+                    if field not in entry:
+                        raise bad(f"{where} has no {field!r}")
+                ids = {f: _int_id(entry[f]) for f in fields if f.endswith("id")}
+                for field, value in ids.items():
+                    if value is None:
+                        raise bad(f"{where}: {field}={entry[field]!r} is not an integer")
+                text_field = fields[-1]  # file_name or caption
+                text = entry[text_field]
+                if not isinstance(text, str):
+                    raise bad(f"{where}: {text_field}={text!r} is not a string")
+                if text_field == "file_name" and not text.strip():
+                    raise bad(f"{where}: empty file_name")
+                if key == "images":
+                    entries[key].append((ids["id"], text))
+                else:
+                    entries[key].append((ids["image_id"], ids["id"], text))
+        return entries
 
     def _read_split_file(self, restval: bool, image_dir: str | None) -> list[CaptionedImage]:
         if not self.source.is_file():
@@ -200,14 +263,22 @@ class CaptionDataset(Dataset):
         wanted = {self.split} | ({"restval"} if self.train and restval else set())
         data = _read_json(self.source)
         images: list[tuple[tuple[int, int, str], CaptionedImage]] = []
+        where = "the top level"  # the entry being read, for errors
         try:
-            for entry in data["images"]:
+            for i, entry in enumerate(data["images"]):
+                where = f"images[{i}]"
                 if entry["split"] not in wanted:
                     continue
                 sentences = entry["sentences"]
                 if all("sentid" in s for s in sentences):
                     sentences = sorted(sentences, key=lambda s: int(s["sentid"]))
-                captions = tuple(str(s["raw"]).strip() for s in sentences)
+                named = [
+                    (f"sentid {s['sentid']}" if "sentid" in s else f"sentences[{j}]", s["raw"])
+                    for j, s in enumerate(sentences)
+                ]
+                if any(not isinstance(raw, str) for _, raw in named):
+                    raise TypeError("a sentence's raw is not a string")
+                captions = tuple(raw.strip() for _, raw in named)
                 if not captions:
                     continue
                 filename = str(entry["filename"])
@@ -219,13 +290,16 @@ class CaptionDataset(Dataset):
                         "data.dataset.image_dir=<its folder under data.root>"
                     )
                 path = self.root / folder / filename
-                images.append((_id_key(raw_id), CaptionedImage(str(raw_id), path, captions)))
+                image = CaptionedImage(
+                    str(raw_id), path, captions, tuple(name for name, _ in named)
+                )
+                images.append((_id_key(raw_id), image))
         except MMTrainError:
             raise
         except (KeyError, TypeError, ValueError) as err:
             raise MMTrainError(
-                f"{self.source}: not a Karpathy split file ({type(err).__name__}: {err}); "
-                "expected images[] with filename/split/sentences[].raw"
+                f"{self.source}: not a Karpathy split file ({where}: {type(err).__name__}: "
+                f"{err}); expected images[] with filename/split/sentences[].raw"
             ) from None
         images.sort(key=lambda pair: pair[0])
         return self._check_folders([image for _, image in images], image_dir)
@@ -251,7 +325,7 @@ class CaptionDataset(Dataset):
                 if in_val17 is not None:
                     name = f"{int(image.id):012d}.jpg"
                     path = (val17 if name in in_val17 else train17) / name
-                    checked.append(CaptionedImage(image.id, path, image.captions))
+                    checked.append(replace(image, path=path))
                     continue
             hint = (
                 f"set data.root=<folder with {folder.name}/>"
@@ -287,6 +361,21 @@ class CaptionDataset(Dataset):
             return [self.images[i].captions[j] for i, j in self.index]
         raise MMTrainError(f"{self.source}: no column {column!r}; the data has {self.columns}")
 
+    def _caption(self, image: CaptionedImage, k: int) -> str:
+        """Caption ``k`` of ``image``.
+
+        Raises:
+            MMTrainError: naming the file, the image and the annotation, for a blank caption.
+        """
+        caption = image.captions[k]
+        if not caption:
+            name = image.caption_ids[k] if k < len(image.caption_ids) else f"caption {k + 1}"
+            raise MMTrainError(f"{self.source.name}: image {image.id}: {name}: empty caption")
+        return caption
+
+    def _references(self, image: CaptionedImage) -> list[str]:
+        return [self._caption(image, k) for k in range(len(image.captions))]
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         image_index, caption_index = self.index[index]
         image = self.images[image_index]
@@ -298,13 +387,13 @@ class CaptionDataset(Dataset):
                 except MMTrainError as err:
                     raise MMTrainError(f"{self.source.name}: image {image.id}: {err}") from None
             elif column == "caption":
-                item["caption"] = image.captions[caption_index]
+                item["caption"] = self._caption(image, caption_index)
                 if not self.train:
-                    item["caption_references"] = list(image.captions)
+                    item["caption_references"] = self._references(image)
             elif column == "caption_references":
-                item["caption_references"] = list(image.captions)
+                item["caption_references"] = self._references(image)
             elif column == "text" and self.retrieval:
-                item["text"] = image.captions[caption_index]
+                item["text"] = self._caption(image, caption_index)
             else:
                 raise MMTrainError(
                     f"{self.source.name}: no column {column!r}; the data has {self.columns}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,24 @@ def load_image(path: str | Path) -> Image.Image:
             return img.convert("RGB")  # convert() forces the full decode inside the try
     except FileNotFoundError:
         raise MMTrainError(f"image file not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except UnidentifiedImageError:
+        raise MMTrainError(f"cannot decode image {path}: {_not_an_image(path)}") from None
+    except (OSError, SyntaxError) as err:
         raise MMTrainError(f"cannot decode image {path}: {err}") from None
+
+
+def _not_an_image(path: str | Path) -> str:
+    """What a file that PIL cannot identify is instead: empty, a web page, or unknown."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError as err:
+        return str(err)
+    if not head:
+        return "the file is empty"
+    if head.lstrip().startswith(b"<"):  # <!DOCTYPE html>, <html>, <?xml ...
+        return "the file is markup (an HTML page? a download that failed), not an image"
+    return "not an image format PIL can read"
 
 
 # PIL modes of single-channel masks: 8-bit grey, palette (VOC, ADE20K), bilevel, 16/32-bit grey.
@@ -75,11 +92,48 @@ def load_mask(path: str | Path) -> np.ndarray:
     return ids
 
 
+# A RIFF chunk size that means "unknown" (streamed WAV files write one of these).
+_UNKNOWN_SIZES = (0, 0xFFFFFFFF)
+
+
+def wav_shortfall(path: str | Path) -> tuple[int, int] | None:
+    """How much of a RIFF/WAVE file's sample data is missing, from its chunk headers alone.
+
+    libsndfile reads a truncated WAV without complaint (it returns the samples that are there),
+    so a file cut off in a copy or download would train as a shorter clip.
+
+    Args:
+        path: the audio file.
+
+    Returns:
+        ``(bytes of samples the header declares, bytes the file holds)`` for a WAV cut short;
+        None for a complete WAV, another format (FLAC, RF64...), a header that declares no size
+        (a stream), or a file too damaged to find its ``data`` chunk (libsndfile's own error
+        then says why).
+    """
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        size_of_file = os.fstat(f.fileno()).st_size
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None
+            declared = int.from_bytes(chunk[4:], "little")
+            if chunk[:4] == b"data":
+                there = size_of_file - f.tell()
+                if declared in _UNKNOWN_SIZES or there >= declared:
+                    return None
+                return declared, there
+            f.seek(declared + (declared & 1), os.SEEK_CUR)  # chunks are padded to even sizes
+
+
 def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
     """Read an audio file with soundfile as float32 ``(channels, samples)`` and its rate.
 
     Raises:
-        MMTrainError: if the file is missing, unreadable or empty.
+        MMTrainError: if the file is missing, unreadable, empty or (a WAV) truncated.
     """
     if not Path(path).is_file():
         raise MMTrainError(f"audio file not found: {path}")
@@ -89,4 +143,11 @@ def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
         raise MMTrainError(f"cannot decode audio {path}: {err}") from None
     if samples.shape[0] == 0:
         raise MMTrainError(f"audio file has no samples: {path}")
+    shortfall = wav_shortfall(path)
+    if shortfall is not None:
+        declared, there = shortfall
+        raise MMTrainError(
+            f"audio file {path} is truncated: its header declares {declared} bytes of samples, "
+            f"the file holds {there}"
+        )
     return samples.T, int(rate)

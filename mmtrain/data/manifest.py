@@ -45,8 +45,9 @@ def check_value(column: str, value: Any) -> str | None:
     """What is wrong with ``value`` in ``column``, or None if it has the column's type.
 
     ``image`` / ``audio`` / ``mask``: a non-empty string (a path); ``text``: a string;
-    ``<task>_references``: a list of strings; any other column (a target): a string or a
-    number (an integer class, a score), not a list, an object or a boolean.
+    ``<task>_references``: a list of strings; any other column (a target): a non-blank string
+    or a number (an integer class, a score), not a list, an object or a boolean. A blank
+    target (``"caption": " "``) would teach an empty caption or a class without a name.
     """
     if column in FILE_COLUMNS:
         if not isinstance(value, str) or not value.strip():
@@ -59,6 +60,8 @@ def check_value(column: str, value: Any) -> str | None:
             return f"{column} must be a list of strings, got {_kind(value)}"
     elif isinstance(value, bool) or not isinstance(value, (str, int, float)):
         return f"{column} must be a string or a number, got {_kind(value)}"
+    elif isinstance(value, str) and not value.strip():
+        return f"{column} is blank ({value!r}): a target must not be empty"
     return None
 
 
