@@ -83,7 +83,7 @@ class MultimodalModule(pl.LightningModule):
             raise ValueError(f"modality_dropout must be in [0, 1), got {modality_dropout}")
         self.nonfinite = NonFiniteGuard(nonfinite, nonfinite_budget)
         self._skip_step = False  # this optimizer step's gradients are dropped (nonfinite=skip)
-        self._batch: tuple[int, Batch] = (0, {})  # the step's batch, for messages
+        self._batch_ids: tuple[int, list[Any]] = (0, [])  # the step's batch, for messages
         self._buffers_before: list[Tensor] = []  # nonfinite=skip: buffers before the step
         self.modality_dropout = modality_dropout
         self.without: frozenset[str] = frozenset()
@@ -249,7 +249,8 @@ class MultimodalModule(pl.LightningModule):
             metric.reset()
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        self._batch = (batch_idx, batch)  # for messages about this step
+        parts = list(batch.values()) if is_joint(batch) else [batch]
+        self._batch_ids = (batch_idx, [i for part in parts for i in part.get("id", ())])
         if self.nonfinite.policy == "skip" and not self._buffers_before:
             # as at the start of the optimizer step (its first accumulated batch): the forward
             # updates buffers (batch norm statistics)
@@ -258,10 +259,8 @@ class MultimodalModule(pl.LightningModule):
 
     def _where(self) -> str:
         """The step, epoch, batch and its first sample ids, for messages."""
-        batch_idx, batch = self._batch
-        parts = list(batch.values()) if is_joint(batch) else [batch]
-        ids = [str(i) for part in parts for i in part.get("id", ())]
-        shown = ", ".join(ids[:8]) + (", ..." if len(ids) > 8 else "")
+        batch_idx, ids = self._batch_ids
+        shown = ", ".join(map(str, ids[:8])) + (", ..." if len(ids) > 8 else "")
         return (
             f"step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx}; "
             f"samples {shown})"

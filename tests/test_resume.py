@@ -131,6 +131,14 @@ def test_runs_stopped_by_signals_resume_bit_for_bit(reference, session_dirs, tmp
     code, out, err = _fit(run_dir, data, *resume)
     assert code == 0, _explain(code, out, err)
     _assert_same_run(reference, run_dir)
+    # A resume with a bad override fails at once and leaves the run directory as it was.
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    code, out, err = _fit(run_dir, data, *resume, "trainer.max_epochs=abc")
+    assert code == 1 and "trainer.max_epochs" in err and "Traceback" not in err, err
+    assert {p: p.read_bytes() for p in before} == before
+    assert (run_dir / ".hydra" / "config.yaml").read_bytes() == before[
+        run_dir / ".hydra/config.yaml"
+    ]
 
 
 def test_sigterm_from_outside_stops_within_seconds_and_resumes(reference, session_dirs, tmp_path):

@@ -28,7 +28,11 @@ def test_ckpt_path_last_resumes_the_newest_run_in_place(scratch, tiny_data) -> N
     assert f"ckpt_path=last is {run / 'checkpoints/last.ckpt'}" in resumed.stdout
     assert _run_dirs(scratch["out"], "metrics.json") == [run]  # the same run directory
     assert _epochs(run) == {"0", "1"}  # the CSV log continues: epoch 0 is still there
-    config = (run / ".hydra/config.yaml").read_text()
+    # The run's own record of its config stays; the resumed run's config goes beside it.
+    original = (run / ".hydra/config.yaml").read_text()
+    assert "max_epochs: 1" in original and "last.ckpt" not in original
+    (resumed_dir,) = (run / ".hydra").glob("fit-*")
+    config = (resumed_dir / "config.yaml").read_text()
     assert "last.ckpt" in config and "max_epochs: 2" in config
 
 

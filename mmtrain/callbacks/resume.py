@@ -183,7 +183,8 @@ class ResumeState(Checkpoint):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        self.epoch = trainer.current_epoch
+        if trainer.current_epoch != self.epoch:  # Lightning may skip on_train_epoch_start
+            self.epoch, self.batches, self.positions = trainer.current_epoch, 0, {}
         self.batches += 1
         progress = trainer.fit_loop.epoch_loop.batch_progress
         self.epoch_done = bool(

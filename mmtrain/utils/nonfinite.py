@@ -61,8 +61,9 @@ class NonFiniteGuard:
         params = [(n, p.grad) for n, p in named if p.grad is not None]
         if not params:
             return []
-        total = torch.nn.utils.get_total_norm([g for _, g in params], error_if_nonfinite=False)
-        if bool(torch.isfinite(total)):
+        # one fused pass: a non-finite entry makes the sum of the norms non-finite
+        norms = torch._foreach_norm([g for _, g in params])
+        if bool(torch.isfinite(torch.stack(norms).sum())):
             return []
         return [n for n, g in params if not bool(torch.isfinite(g).all())]
 
