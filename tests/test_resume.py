@@ -50,7 +50,12 @@ def _mmtrain(args: list[str], data: Path, env: dict[str, str] | None = None, **k
         "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
         **(env or {}),
     }
-    command = [sys.executable, "-c", "import sys; from mmtrain.cli import main; sys.exit(main())"]
+    script = Path(sys.executable).with_name("mmtrain")  # DDP re-runs the command: a real one
+    command = (
+        [str(script)]
+        if script.is_file()
+        else [sys.executable, "-c", "import sys; from mmtrain.cli import main; sys.exit(main())"]
+    )
     return subprocess.Popen(
         [*command, "fit", *args],
         env=env,
@@ -338,3 +343,33 @@ def test_preempted_stop_message_and_exit_code():
         "/runs/x/checkpoints/last.ckpt"
     )
     assert "requeued" in Preempted(signal.SIGUSR1, "h.ckpt", 1, 0, requeued=True).message
+
+
+@pytest.mark.slow
+def test_ddp_runs_stop_together_and_resume_bit_for_bit(session_dirs, tiny_data, tmp_path):
+    """Two processes (gloo): SIGTERM in both at step 2, every rank's random state restored."""
+    ddp = [
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+        "data.num_workers=0",
+        "trainer.max_epochs=3",
+    ]
+    data = session_dirs["data"]
+    code, out, err = _fit(tmp_path / "reference", data, *ddp)
+    assert code == 0, _explain(code, out, err)
+    run_dir = tmp_path / "stopped"
+    code, out, err = _fit(run_dir, data, *ddp, "+callbacks.probe.signal_at=[2]")
+    assert code == 128 + signal.SIGTERM, _explain(code, out, err)
+    code, out, err = _fit(run_dir, data, *ddp, f"ckpt_path={run_dir / 'checkpoints/last.ckpt'}")
+    assert code == 0, _explain(code, out, err)
+
+    def rows(run: Path) -> list[tuple]:  # both ranks append to the record
+        lines = Path(f"{run}.jsonl").read_text().splitlines()
+        return sorted((r["step"], tuple(r["ids"]), r["loss"]) for r in map(json.loads, lines))
+
+    assert rows(run_dir) == rows(tmp_path / "reference")
+    a = torch.load(tmp_path / "reference/checkpoints/last.ckpt", weights_only=True)
+    b = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"]
+    assert all(torch.equal(v, b["state_dict"][k]) for k, v in a["state_dict"].items())
