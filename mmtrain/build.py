@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import inspect
 import sys
+from importlib.util import find_spec
 from typing import Any
 
 import pytorch_lightning as pl
+from hydra.errors import InstantiationException
 from hydra.utils import get_object
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig
 
 from mmtrain.data.datamodule import MultimodalDataModule
@@ -126,6 +129,32 @@ def _progress_bar() -> pl.callbacks.ProgressBar:
     return pl.callbacks.TQDMProgressBar(refresh_rate=1 if sys.stdout.isatty() else 50)
 
 
+# What a trainer preset needs installed: (config key, value prefix, module, how to install).
+NEEDS = (
+    (
+        "accelerator",
+        "tpu",
+        "torch_xla",
+        "pip install 'torch_xla[tpu]' (matching torch), on a TPU VM",
+    ),
+    ("strategy", "deepspeed", "deepspeed", "pip install deepspeed (CUDA and a compiler needed)"),
+)
+
+
+def _check_hardware(node: DictConfig) -> None:
+    """Fail at once, in one line, when the trainer asks for a package that is not installed.
+
+    Raises:
+        MMTrainError: naming the key, the package and how to install it.
+    """
+    for key, prefix, module, install in NEEDS:
+        value = node.get(key)
+        if isinstance(value, str) and value.startswith(prefix) and not find_spec(module):
+            raise MMTrainError(
+                f"trainer.{key}={value} needs {module}, which is not installed: {install}"
+            )
+
+
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
     """The Lightning Trainer with the configured callbacks and loggers.
 
@@ -165,8 +194,19 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
         kwargs["enable_checkpointing"] = False  # callbacks=none: no checkpoints at all
     if not cfg.trainer.get("plugins"):  # checkpoints written atomically (kill -9 safe)
         kwargs["plugins"] = [AtomicCheckpointIO()]
-    trainer = safe_instantiate(
-        cfg.trainer, "trainer", extra, callbacks=callbacks, logger=loggers or False, **kwargs
-    )
+    _check_hardware(cfg.trainer)
+    try:
+        trainer = safe_instantiate(
+            cfg.trainer, "trainer", extra, callbacks=callbacks, logger=loggers or False, **kwargs
+        )
+    except InstantiationException as err:  # Lightning: no such accelerator here...
+        if not isinstance(err.__cause__, MisconfigurationException):
+            raise
+        node = cfg.trainer
+        raise MMTrainError(
+            f"trainer: {str(err.__cause__).splitlines()[0]} (trainer.accelerator="
+            f"{node.get('accelerator')}, trainer.devices={node.get('devices')}, "
+            f"trainer.strategy={node.get('strategy')}; on this machine: trainer=cpu)"
+        ) from None
     log_run_info(trainer.loggers, cfg)  # fast_dev_run: Lightning's dummy logger ignores it
     return trainer

@@ -60,6 +60,10 @@ class MultimodalModule(pl.LightningModule):
             naming the step, tasks and sample ids) or ``skip`` (leave the weights as they
             were, count it); see :mod:`mmtrain.utils.nonfinite`.
         nonfinite_budget: with ``skip``, the most steps skipped in a run.
+        compile: compile the encoders, the fusion and the heads with ``torch.compile`` (in
+            place: checkpoints keep their keys); the first steps are slower.
+        channels_last: keep convolutional image encoders and the images in channels-last
+            memory format (faster convolutions on GPUs with tensor cores and on recent CPUs).
 
     Attributes:
         without: modalities left out of evaluation (robustness tests set it), as if absent.
@@ -77,8 +81,11 @@ class MultimodalModule(pl.LightningModule):
         modality_dropout: float = 0.0,
         nonfinite: str = "raise",
         nonfinite_budget: int = 10,
+        compile: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
+        self.compile_parts, self.channels_last = compile, channels_last
         if not 0.0 <= modality_dropout < 1.0:
             raise ValueError(f"modality_dropout must be in [0, 1), got {modality_dropout}")
         self.nonfinite = NonFiniteGuard(nonfinite, nonfinite_budget)
@@ -110,16 +117,31 @@ class MultimodalModule(pl.LightningModule):
         self.predictions: list[dict[str, Any]] = []
         self._train_losses: dict[str, Tensor] = {}  # the step's task losses, for backward()
 
+    def configure_model(self) -> None:
+        """``model.compile`` and ``model.channels_last`` (Lightning calls this before fitting)."""
+        if self.channels_last and "image" in self.encoders:
+            self.encoders["image"].to(memory_format=torch.channels_last)
+        if self.compile_parts and not getattr(self, "_compiled", False):
+            for part in [*self.encoders.values(), self.fusion, *self.heads.values()]:
+                part.compile()
+            self._compiled = True
+
     def encode(self, batch: Batch) -> dict[str, Features]:
         """``{modality: Features}`` of the modalities present in ``batch`` (less ``without``)."""
         features = {
-            m: enc(batch[m], batch.get(f"{m}_mask"))
+            m: enc(self._input(m, batch[m]), batch.get(f"{m}_mask"))
             for m, enc in self.encoders.items()
             if m in batch and m not in self.without
         }
         if self.training and self.modality_dropout > 0 and len(features) > 1:
             features = self._drop_modalities(features)
         return features
+
+    def _input(self, modality: str, x: Tensor) -> Tensor:
+        """An encoder's input; images in channels-last memory format with ``channels_last``."""
+        if self.channels_last and modality == "image" and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def forward(self, batch: Batch) -> Features:
         """Encode the modalities present in ``batch`` (less ``without``) and fuse them."""
