@@ -369,6 +369,22 @@ def sweep_job(stage: str, cfg: Any, previous: dict[str, list[str]] | None) -> fl
     return sweep.objective_of(metrics, objective)
 
 
+def _null_group(argv: list[str]) -> str | None:
+    """The first ``<group>=null`` override (Hydra answers it with a traceback), else None."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides([a for a in argv if "=" in a])
+    except Exception:  # Hydra reports a malformed override itself, in one message
+        return None
+    for override in parsed:
+        key = override.key_or_group
+        group = "/" in key or (config_dir() / key).is_dir()
+        if group and not override.is_delete() and override.value() is None:
+            return key
+    return None
+
+
 def _resume_hint(stop: Any) -> str:
     """The command that resumes a preempted run (fit, not requeued) in its run directory."""
     from hydra.core.hydra_config import HydraConfig
@@ -435,6 +451,28 @@ def main(argv: list[str] | None = None) -> Any:
         hint = f"; did you mean '{close[0]}'?" if close else ""
         print(
             f"mmtrain: unknown stage {stage!r}{hint} (choose from {', '.join(STAGES)})",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+    modes = [
+        flag
+        for flag, names in (
+            ("--multirun", ("-m", "--multirun")),
+            ("--cfg", ("-c", "--cfg")),
+            ("--info", ("-i", "--info")),
+            ("--run", ("-r", "--run")),
+        )
+        if any(a in names or a.startswith(f"{names[-1]}=") for a in rest)
+    ]
+    if len(modes) > 1:  # Hydra raises this with a traceback
+        print(f"mmtrain {stage}: {' and '.join(modes)} do not go together", file=sys.stderr)
+        sys.exit(2)
+    null_group = _null_group(rest)
+    if null_group:
+        print(
+            f"mmtrain {stage}: {null_group}=null: a config group is removed with "
+            f"~{null_group} (e.g. mmtrain {stage} ~{null_group})",
             file=sys.stderr,
         )
         sys.exit(2)

@@ -212,6 +212,21 @@ def test_unknown_group_option_lists_the_options(scratch):
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["logger=null"], "mmtrain fit: logger=null: a config group is removed with ~logger"),
+        (["encoder/audio=null"], "a config group is removed with ~encoder/audio"),
+        (["-m", "seed=1,2", "--cfg", "job"], "--multirun and --cfg do not go together"),
+    ],
+)
+def test_hydra_errors_that_would_be_tracebacks_are_one_line(scratch, args, says):
+    proc = mmtrain(scratch, "fit", *args)
+    assert proc.returncode == 2, _explain(proc)
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and says in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
 # ---- bad inputs that get past composition: one process runs them all ----------------------------
 _HARNESS = textwrap.dedent(
     """
