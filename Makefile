@@ -36,8 +36,8 @@ lint: install-dev                      ## ruff lint and format check
 	$(BIN)/ruff check mmtrain tests scripts
 	$(BIN)/ruff format --check mmtrain tests scripts
 
-bench: install                         ## captioning benchmark on this machine (make bench ARGS="--quick")
-	$(BIN)/python scripts/bench_caption.py $(ARGS)
+bench: install                         ## mmtrain vs plain PyTorch: overhead, start-up, data (ARGS="--quick"); captioning: scripts/bench_caption.py
+	$(BIN)/python scripts/bench.py $(ARGS)
 
 format: install-dev
 	$(BIN)/ruff check --fix mmtrain tests scripts

@@ -1,0 +1,117 @@
+"""``scripts/bench.py``: the benchmark runs end to end (``--quick``) and writes every key.
+
+The numbers of a quick run are noise; the test checks that each one is measured (a finite,
+positive number, or null where mmtrain has nothing to measure) and that the loss-parity
+assertion between ``mmtrain fit`` and the plain loop ran. The pieces a quick run skips (the
+profile summary) and the parity check's failure are tested in-process.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
+NUMBERS = (
+    "overhead_time_ratio",
+    "overhead_time_ratio_median",
+    "overhead_memory_ratio",
+    "help_seconds",
+    "cfg_job_seconds",
+    "first_step_seconds",
+    "python_startup_seconds",
+    "import_torch_lightning_seconds",
+    "plain_first_step_seconds",
+    "data_images_per_s",
+    "data_baseline_images_per_s",
+    "data_ratio",
+)
+
+
+def _positive(value: object) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
+def _bench() -> ModuleType:
+    """scripts/bench.py as a module (its top level imports the standard library only)."""
+    spec = importlib.util.spec_from_file_location("bench_under_test", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_quick_writes_every_key(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+
+    bad = {k: result.get(k) for k in NUMBERS if not _positive(result.get(k))}
+    assert not bad, f"not positive numbers: {bad}"
+    assert "feature_cache_speedup" in result and result["feature_cache_speedup"] is None
+
+    parity = result["loss_parity"]
+    assert parity["passed"] is True and parity["checked_steps"] >= 1
+    assert parity["max_abs_diff_checked"] <= parity["tolerance"]
+
+    by_workers = result["data"]["by_workers"]
+    assert set(by_workers) == {"0", "1", "2"}
+    for row in by_workers.values():
+        assert _positive(row["mmtrain_images_per_s"]) and _positive(row["plain_images_per_s"])
+    assert result["data_num_workers"] == 2
+
+    machine = result["machine"]
+    assert machine["cpu_count"] >= 1 and machine["torch"] and "cpu_model" in machine
+    assert "1. training overhead" in proc.stdout and "feature cache" in proc.stdout  # the table
+
+
+def test_parity_check_names_the_first_differing_step() -> None:
+    bench = _bench()
+    same = bench.check_parity([2.5, 2.0, 1.0], [2.5, 2.0 + 1e-7, 1.0])
+    assert same["passed"] and same["checked_steps"] == 3
+    with pytest.raises(AssertionError, match="step 2"):
+        bench.check_parity([2.5, 2.0, 1.0], [2.5, 2.01, 1.0])
+    with pytest.raises(AssertionError, match="3 mmtrain steps vs 2"):
+        bench.check_parity([2.5, 2.0, 1.0], [2.5, 2.0])
+
+
+def test_best_of_rounds_takes_each_steps_fastest_round() -> None:
+    assert _bench().best_of_rounds([[1.0, 5.0, 2.0], [2.0, 3.0, 2.5]]) == 1.0 + 3.0 + 2.0
+
+
+def test_profile_summary(tmp_path: Path) -> None:
+    bench = _bench()
+    profiler = cProfile.Profile()
+    profiler.enable()
+    json.dumps([math.sqrt(i) for i in range(20_000)])
+    profiler.disable()
+    profiler.dump_stats(tmp_path / "run.prof")
+
+    summary = bench.profile_summary(tmp_path / "run.prof", tmp_path / "run.txt", steps=4)
+    assert summary["total_s"] > 0 and summary["steps"] == 4
+    assert summary["step_ms"] == pytest.approx(summary["total_s"] / 4 * 1e3)
+    assert sum(summary["by_package_s"].values()) == pytest.approx(summary["total_s"])
+    assert summary["top_own_time"] and summary["extras_ms_per_step"] == {}
+    assert "tottime" in (tmp_path / "run.txt").read_text()
