@@ -18,7 +18,8 @@ import pytorch_lightning as pl
 class ResumeProbe(pl.Callback):
     """Appends ``{step, epoch, batch, ids, loss}`` per training step to ``record`` (JSONL) and
     sends this process ``signal`` at the end of each step in ``signal_at`` (global steps, 1 =
-    the first step); ``sleep`` seconds per step make a run slow enough to signal from outside.
+    the first step; 0 = at the start of the sanity check, before training); ``sleep`` seconds
+    per step make a run slow enough to signal from outside.
     """
 
     def __init__(
@@ -30,6 +31,10 @@ class ResumeProbe(pl.Callback):
     ) -> None:
         self.record, self.signal_at = record, set(signal_at)
         self.signum, self.sleep = getattr(signal, signal_name), sleep
+
+    def on_sanity_check_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if 0 in self.signal_at:  # step 0: before training, during the sanity check
+            os.kill(os.getpid(), self.signum)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, idx: int

@@ -176,6 +176,16 @@ def test_sigterm_from_outside_stops_within_seconds_and_resumes(reference, sessio
     _assert_same_run(reference, run_dir)
 
 
+def test_a_signal_before_training_still_stops_with_a_checkpoint(session_dirs, tmp_path):
+    """SIGTERM during the sanity check (Lightning's own handler would end the run there with
+    exit status 0 and no checkpoint): the first step completes, is saved, and the run stops."""
+    run_dir = tmp_path / "early"
+    code, out, err = _fit(run_dir, session_dirs["data"], "+callbacks.probe.signal_at=[0]")
+    assert code == 128 + signal.SIGTERM, _explain(code, out, err)
+    assert "stopped by SIGTERM at step 1 (epoch 0)" in err
+    assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 1
+
+
 def test_slurm_requeue_writes_the_hpc_checkpoint_and_the_requeued_job_resumes(
     reference, session_dirs, tmp_path
 ):

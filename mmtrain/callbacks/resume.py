@@ -135,7 +135,7 @@ class ResumeState(Checkpoint):
 
     # ---- the state in checkpoints ----------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._trainer = trainer
+        self._trainer, self._received = trainer, None
 
     def state_dict(self) -> dict[str, Any]:
         rng = rng_state()
@@ -215,8 +215,20 @@ class ResumeState(Checkpoint):
             states = self._loaded["rng"]
             set_rng_state(states[min(trainer.global_rank, len(states) - 1)])
             self._loaded = None
-        self._received = None
-        try:  # after Lightning's own handlers, which these replace during training
+        self._install(trainer)
+
+    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._install(trainer)
+
+    def _install(self, trainer: pl.Trainer) -> None:
+        """Take over the signals from Lightning's handlers (registered just before the sanity
+        check), which would end a validation with exit status 0 and no checkpoint."""
+        connector = getattr(trainer, "_signal_connector", None)
+        if getattr(connector, "received_sigterm", False):  # came before these were installed
+            self._received, connector.received_sigterm = signal.SIGTERM, False
+        if self._previous:
+            return
+        try:
             for signum in self.signals:
                 self._previous[signum] = signal.signal(signum, self._on_signal)
         except ValueError:  # not the main thread: signals cannot be handled here
