@@ -1,8 +1,10 @@
-"""The one exception type for bad user input (configs, files, checkpoints).
+"""What the CLI reports in one line, without a traceback: bad user input (configs, files,
+checkpoints: :class:`MMTrainError`) and a run stopped by a signal (:class:`Preempted`).
 
-The CLI prints its message on one line and exits non-zero without a traceback; anything else is
-a programming error and keeps its traceback.
+Both exit non-zero; anything else is a programming error and keeps its traceback.
 """
+
+import signal
 
 
 class MMTrainError(ValueError):
@@ -26,8 +28,6 @@ class Preempted(Exception):  # noqa: N818 - a stop, not an error of the program
     def __init__(
         self, signum: int, checkpoint: str, step: int, epoch: int, requeued: bool = False
     ) -> None:
-        import signal
-
         self.signum, self.checkpoint, self.step, self.epoch = signum, checkpoint, step, epoch
         self.requeued = requeued
         self.exit_code = 128 + signum

@@ -7,8 +7,9 @@ directory that was there before byte-for-byte as it was.
 The fixtures are written in the on-disk layouts the readers expect: manifests (JSON Lines, media
 relative to the manifest), the official COCO layout (``annotations/captions_<split>2017.json``
 and ``<split>2017/``) and LibriSpeech (``<subset>/<speaker>/<chapter>/*.flac`` + ``.trans.txt``).
-One subprocess runs every case in turn (torch is imported once, see ``test_cli._HARNESS``): a
-real tiny ``fit`` first, whose checkpoint the checkpoint cases reuse, then the bad inputs.
+One subprocess runs every case in turn (torch is imported once; ``run_cases``, also used by
+``test_cli`` and ``test_security``): a real tiny ``fit`` first, whose checkpoint the checkpoint
+cases reuse, then the bad inputs.
 """
 
 from __future__ import annotations

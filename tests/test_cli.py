@@ -228,34 +228,6 @@ def test_hydra_errors_that_would_be_tracebacks_are_one_line(scratch, args, says)
 
 
 # ---- bad inputs that get past composition: one process runs them all ----------------------------
-_HARNESS = textwrap.dedent(
-    """
-    # Runs `mmtrain <argv>` for each case in one process (torch is imported once) and reports
-    # each call's exit code, stdout and stderr. An exception escaping main() is reported with
-    # its traceback, as the console script would print it.
-    import contextlib, io, json, sys, traceback
-    from mmtrain.cli import main
-
-    results = {}
-    for name, argv in json.loads(sys.argv[1]).items():
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                main(argv)
-                code = 0
-            except SystemExit as exit_:
-                code = exit_.code
-                if not isinstance(code, int):  # None: success; a message: failure
-                    code = 0 if code is None else 1
-            except BaseException:
-                traceback.print_exc()
-                code = 1
-        results[name] = {"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()}
-    print(json.dumps(results))
-    """
-)
-
-
 @pytest.fixture(scope="module")
 def bad_inputs(tmp_path_factory, session_dirs, tiny_data) -> dict[str, dict]:
     import pytorch_lightning as pl
@@ -296,18 +268,10 @@ def bad_inputs(tmp_path_factory, session_dirs, tiny_data) -> dict[str, dict]:
             *run_dir,
         ],
     }
-    cwd = tmp / "cwd"
-    cwd.mkdir()
-    proc = _run(
-        [_HARNESS, json.dumps(cases)],
-        cwd,
-        session_dirs["data"],
-        tmp / "outputs",
-        timeout=300,
-        command=[sys.executable, "-c"],
-    )
-    assert proc.returncode == 0, _explain(proc)
-    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    from test_bad_input import run_cases  # the one-process harness (it imports this module)
+
+    named = [{"name": name, "argv": argv} for name, argv in cases.items()]
+    results, _ = run_cases(named, tmp, session_dirs["data"], tmp / "outputs")
     results["_files"] = {
         "corrupt": str(corrupt),
         "foreign": str(foreign),

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import QUIET, TINY_DATA
+from test_cli import MMTRAIN
 
 from mmtrain.data.sampling import POSITION, ResumableSampler, seeded
 
@@ -50,14 +51,8 @@ def _mmtrain(args: list[str], data: Path, env: dict[str, str] | None = None, **k
         "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
         **(env or {}),
     }
-    script = Path(sys.executable).with_name("mmtrain")  # DDP re-runs the command: a real one
-    command = (
-        [str(script)]
-        if script.is_file()
-        else [sys.executable, "-c", "import sys; from mmtrain.cli import main; sys.exit(main())"]
-    )
     return subprocess.Popen(
-        [*command, "fit", *args],
+        [*MMTRAIN, "fit", *args],  # the console script: DDP re-runs the command
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
