@@ -55,6 +55,7 @@ def _bench() -> ModuleType:
     return module
 
 
+@pytest.mark.slow  # 40 s: make bench is run by hand, as are the slow tests
 def test_bench_quick_writes_every_key(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
