@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 
 from mmtrain.contracts import Batch, Features, SharedParameters
+from mmtrain.data.feature_cache import FEATURES, build_feature_cache
 from mmtrain.errors import MMTrainError
 from mmtrain.loss_weighting.base import GradientWeighting
 from mmtrain.utils.nonfinite import NonFiniteGuard, describe_parameters
@@ -116,6 +117,7 @@ class MultimodalModule(pl.LightningModule):
         )
         self.predictions: list[dict[str, Any]] = []
         self._train_losses: dict[str, Tensor] = {}  # the step's task losses, for backward()
+        self._cache_masked: dict[str, bool] = {}  # data.cache_features: {modality: has mask}
 
     def configure_model(self) -> None:
         """``model.compile`` and ``model.channels_last`` (Lightning calls this before fitting)."""
@@ -128,14 +130,27 @@ class MultimodalModule(pl.LightningModule):
 
     def encode(self, batch: Batch) -> dict[str, Features]:
         """``{modality: Features}`` of the modalities present in ``batch`` (less ``without``)."""
-        features = {
-            m: enc(self._input(m, batch[m]), batch.get(f"{m}_mask"))
-            for m, enc in self.encoders.items()
-            if m in batch and m not in self.without
-        }
+        features = {}
+        for m, encoder in self.encoders.items():
+            if m in self.without:
+                continue
+            if m + FEATURES in batch:  # data.cache_features: the frozen encoder's output
+                features[m] = self._cached_features(m, batch)
+            elif m in batch:
+                features[m] = encoder(self._input(m, batch[m]), batch.get(f"{m}_mask"))
         if self.training and self.modality_dropout > 0 and len(features) > 1:
             features = self._drop_modalities(features)
         return features
+
+    def _cached_features(self, modality: str, batch: Batch) -> Features:
+        """The cached features of ``modality`` as its encoder gives them (see
+        :mod:`mmtrain.data.feature_cache`): ``(B, D, T)`` -> ``(B, T, D)``, float32, and a
+        mask only if the encoder gives one."""
+        tokens = batch[modality + FEATURES].transpose(1, 2)
+        if tokens.dtype == torch.float16:  # data.cache_dtype=float16
+            tokens = tokens.float()
+        mask = batch.get(f"{modality}{FEATURES}_mask") if self._cache_masked[modality] else None
+        return Features(tokens, mask)
 
     def _input(self, modality: str, x: Tensor) -> Tensor:
         """An encoder's input; images in channels-last memory format with ``channels_last``."""
@@ -362,6 +377,9 @@ class MultimodalModule(pl.LightningModule):
         return SharedParameters(all=encoders + fusion, last=fusion or encoders)
 
     def on_fit_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if getattr(datamodule, "cache_features", False):  # before any loader is made
+            self._cache_masked = build_feature_cache(self, datamodule)
         # DeepSpeed backpropagates through its engine, never through self.backward(): a
         # gradient-based weighting would silently become a plain weighted sum.
         strategy = type(self.trainer.strategy).__name__

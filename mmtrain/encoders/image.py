@@ -118,8 +118,8 @@ class ResNetEncoder(_TorchvisionTrunk):
         self.trunk = nn.Sequential(*list(net.children())[:-2])  # drop avgpool and fc
         self.out_dim = self._ARCHS[arch]
         self.freeze = freeze
-        if freeze:
-            self.trunk.requires_grad_(False)
+        if freeze:  # eval from the start: Lightning does not call train() before fitting
+            self.trunk.requires_grad_(False).eval()
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Features:
         """Encode images; ``mask`` is unused."""
@@ -175,8 +175,8 @@ class ViTEncoder(_TorchvisionTrunk):
         self.trunk = _ViTTokens(net)
         self.out_dim = self._ARCHS[arch]
         self.freeze = freeze
-        if freeze:
-            self.trunk.requires_grad_(False)
+        if freeze:  # eval from the start: Lightning does not call train() before fitting
+            self.trunk.requires_grad_(False).eval()
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Features:
         """Encode images ``(B, 3, S, S)`` into ``(B, 1 + (S/16)^2, D)`` tokens."""
