@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
+import os
 import re
 from collections.abc import Callable
 from functools import partial
@@ -22,7 +24,9 @@ from mmtrain.data.bad_samples import (
     TransformedDataset,
     collate_checked,
 )
-from mmtrain.data.sampling import ResumableSampler
+from mmtrain.data.feature_cache import FEATURES, CachedFeaturesDataset, FeatureStore
+from mmtrain.data.manifest import ManifestDataset
+from mmtrain.data.sampling import ResumableSampler, audio_seconds
 from mmtrain.data.transforms import AudioTransform, ImageTransform, WordTokenizer
 from mmtrain.data.transforms.image import IGNORE_INDEX
 from mmtrain.errors import MMTrainError
@@ -131,6 +135,14 @@ class MultimodalDataModule(pl.LightningDataModule):
             ``head.mask.num_classes`` in its YAML, and mask ids are not checked.
         seed: the seed of the training order and of each sample's augmentation (wired by
             build.py from the run's ``seed``); see :mod:`mmtrain.data.sampling`.
+        bucket_by: length bucketing of training batches: the column whose length groups
+            samples (``text``, ``caption``, ``transcript``, ``audio``); None: no bucketing.
+        bucket_pool: with ``bucket_by``, the batches drawn together and sorted by length.
+        cache_features: compute the outputs of the frozen encoders once, before training, and
+            train from them (see :mod:`mmtrain.data.feature_cache`).
+        cache_dir: where the feature cache is kept (reused while the encoders, preprocessing
+            and data stay the same); None: ``feature_cache/`` in the run directory.
+        cache_dtype: the cache's storage type (``float16`` halves its size).
 
     Raises:
         ValueError: for a non-positive batch size, negative worker count, unknown
@@ -160,6 +172,11 @@ class MultimodalDataModule(pl.LightningDataModule):
         max_skipped: float = 0.01,
         mask_classes: list[str] | None = None,
         seed: int = 0,
+        bucket_by: str | None = None,
+        bucket_pool: int = 50,
+        cache_features: bool = False,
+        cache_dir: str | None = None,
+        cache_dtype: Literal["float32", "float16"] = "float32",
     ) -> None:
         super().__init__()
         if batch_size <= 0 or num_workers < 0:
@@ -170,6 +187,8 @@ class MultimodalDataModule(pl.LightningDataModule):
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         if max_skipped < 0:
             raise ValueError(f"max_skipped must be >= 0, got {max_skipped}")
+        if isinstance(bucket_pool, bool) or not isinstance(bucket_pool, int) or bucket_pool < 1:
+            raise ValueError(f"bucket_pool must be an integer >= 1, got {bucket_pool!r}")
         self.dataset_factory = dataset
         self.dataset_kwargs = split_kwargs(dataset, root, train, val, test)
         self.on_error = on_error
@@ -188,6 +207,15 @@ class MultimodalDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
+        self.bucket_by, self.bucket_pool = bucket_by, bucket_pool
+        self.cache_features, self.cache_dir, self.cache_dtype = (
+            cache_features,
+            cache_dir,
+            cache_dtype,
+        )
+        self.feature_stores: dict[str, dict[str, FeatureStore]] = {}  # use_feature_cache()
+        if cache_dtype not in ("float32", "float16"):
+            raise ValueError(f"cache_dtype must be float32 or float16, got {cache_dtype!r}")
         # Where a resumed run continues: {"epoch", "batches", "positions"} (see resume()).
         self._resume: dict[str, Any] | None = None
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
@@ -338,6 +366,9 @@ class MultimodalDataModule(pl.LightningDataModule):
     def encode(self, item: dict[str, Any], train: bool) -> dict[str, Any]:
         """Preprocess one raw item into tensors keyed like the batch."""
         out: dict[str, Any] = {"id": item["id"]}
+        for modality in self.modalities:  # features from the cache (data.cache_features)
+            if modality + FEATURES in item:
+                out[modality + FEATURES] = item[modality + FEATURES]
         # A modality or target the item lacks is left out (predict inputs have no targets).
         with_mask = MASK in self.tasks and MASK in item
         if with_mask and "image" not in item:
@@ -407,7 +438,18 @@ class MultimodalDataModule(pl.LightningDataModule):
     def _loader(self, split: str, train: bool = False) -> DataLoader:
         if split not in self.datasets:
             self.setup(None)
-        return self._make_loader(self.datasets[split], split, train)
+        raw = self.datasets[split]
+        stores = self.feature_stores.get(split)
+        if stores:  # the cached modalities are not loaded: their features come from the cache
+            columns = [c for c in self.modalities + self.tasks if c not in stores]
+            uncached = self.dataset_factory(split=split, columns=columns, **self.dataset_kwargs)
+            raw = CachedFeaturesDataset(uncached, stores)
+        return self._make_loader(raw, split, train)
+
+    def use_feature_cache(self, stores: dict[str, dict[str, FeatureStore]]) -> None:
+        """Load ``{split: {modality: FeatureStore}}`` from the cache instead of the data set
+        (``data.cache_features``; see :mod:`mmtrain.data.feature_cache`)."""
+        self.feature_stores = dict(stores)
 
     def _make_loader(
         self, raw: Dataset, name: str, train: bool, source: str | None = None
@@ -434,14 +476,114 @@ class MultimodalDataModule(pl.LightningDataModule):
 
     def _train_sampler(self, raw: Dataset, source: str | None = None) -> ResumableSampler:
         """The training order of one data set: shuffled by seed and epoch, split over the
-        processes of a distributed run, starting where a resumed run stopped."""
+        processes of a distributed run, bucketed by length with ``bucket_by`` (each process
+        buckets its own share: see :class:`ResumableSampler`), starting where a resumed run
+        stopped.
+
+        Raises:
+            MMTrainError: what :meth:`_lengths` raises.
+        """
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
-        sampler = ResumableSampler(raw, self.batch_size, world, rank, seed=self.seed)
+        lengths = None if self.bucket_by is None else self._lengths(raw, source)
+        sampler = ResumableSampler(
+            raw, self.batch_size, world, rank, seed=self.seed, lengths=lengths,
+            bucket_pool=self.bucket_pool,
+        )  # fmt: skip
         if self._resume is not None:
             position = self._resume["positions"].get(source or "", 0)
             sampler.resume(int(self._resume["epoch"]), int(position))
         return sampler
+
+    def _lengths(self, raw: Dataset, source: str | None = None) -> list[float] | None:
+        """The length of each sample in the ``bucket_by`` column, read without loading any
+        sample: tokens for text (as the column's tokenizer splits it: exact for word and
+        character tokenizers, words for BPE; with ``<bos> <eos>`` for targets, capped at its
+        ``max_length``), seconds for audio (a ``duration``
+        column if the data set has one, else each file's header; capped at the audio
+        transform's ``max_seconds``). None: this data set is not bucketed (data=multi).
+
+        Raises:
+            MMTrainError: naming ``data.bucket_by``, for a column that this model does not
+                load as text or audio (listing those it does), or a data set whose
+                ``values()`` give no per-sample text, audio paths or durations.
+        """
+        column = self.bucket_by
+        bucketable = [m for m in ("text", "audio") if m in self.modalities] + [
+            t
+            for t in self.tasks
+            if t in self.tokenizers and not getattr(self.tokenizers[t], "soft_targets", False)
+        ]
+        if column not in bucketable:
+            why = (
+                "has no length (a class, image or answer column)"
+                if column in self.modalities + self.tasks
+                else "is not a column that the training data loads"
+            )
+            choice = (
+                f"bucket by one of {sorted(bucketable)} or set data.bucket_by=null"
+                if bucketable
+                else "the model loads no text or audio to bucket by: set data.bucket_by=null"
+            )
+            raise MMTrainError(f"data.bucket_by={column!r} {why}; {choice}")
+        inner = getattr(raw, "raw", raw)  # under a feature cache: the data set it wraps
+        name = f"data.sources.{source}" if source else f"the data set {type(inner).__name__}"
+        if not callable(getattr(raw, "values", None)):
+            raise MMTrainError(
+                f"data.bucket_by={column!r}: {name} has no values(column), so its samples' "
+                "lengths are not known without loading them; set data.bucket_by=null"
+            )
+        values = list(raw.values(column))
+        if column == "audio":
+            try:
+                durations = list(raw.values("duration"))
+            except (KeyError, ValueError):  # no such column
+                durations = []
+            if durations and all(
+                isinstance(d, (int, float)) and not isinstance(d, bool) for d in durations
+            ):
+                values = [float(d) for d in durations]
+            elif values and all(isinstance(v, (str, os.PathLike)) for v in values):
+                # A manifest's media paths are relative to the manifest's folder.
+                base = inner.path.parent if isinstance(inner, ManifestDataset) else None
+                values = audio_seconds(values, base)
+            else:
+                raise MMTrainError(
+                    f"data.bucket_by='audio': {name} gives no audio file paths (values('audio')) "
+                    "nor a numeric 'duration' column, and the audio lengths are not known "
+                    "without decoding every sample; add a duration column, bucket by a text "
+                    "column, or set data.bucket_by=null"
+                )
+        size = len(raw)  # type: ignore[arg-type]
+        if len(values) != size:
+            raise MMTrainError(
+                f"data.bucket_by={column!r}: {name} gives {len(values)} {column!r} values for "
+                f"{size} samples, not one per sample, so they are not the samples' lengths; "
+                "set data.bucket_by=null"
+            )
+        if column == "audio":
+            audio = self.transforms["audio"]
+            cap = getattr(audio, "max_samples", None)
+            cap = math.inf if cap is None else cap / audio.sample_rate
+            lengths = [min(float(v), cap) for v in values]
+        else:
+            tokenizer = self.transforms["text"] if column == "text" else self.tokenizers[column]
+            split = getattr(tokenizer, "split", str.split)
+            specials = 0 if column == "text" else 2  # targets are <bos> ... <eos>
+            cap = getattr(tokenizer, "max_length", None) or math.inf
+            lengths = [
+                0.0 if v is None else float(min(len(split(str(v))) + specials, cap)) for v in values
+            ]
+        log.info(
+            "length bucketing of %s by %s: %d samples, lengths %.4g to %.4g, pools of %d batches",
+            name,
+            column,
+            len(lengths),
+            min(lengths, default=0),
+            max(lengths, default=0),
+            self.bucket_pool,
+        )
+        return lengths
 
     def resume(self, epoch: int, batches: int, positions: dict[str, int]) -> None:
         """Make the next training loader continue an interrupted epoch (exact resume).

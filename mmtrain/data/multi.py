@@ -194,6 +194,10 @@ class MultiDataModule(MultimodalDataModule):
         predict_split: the split that ``mmtrain predict`` runs on, in every data set.
         on_error: ``raise`` or ``skip`` (see :class:`MultimodalDataModule`).
         max_skipped: with ``skip``, the budget of each data set's pass.
+        bucket_by: length bucketing of training batches (see :class:`MultimodalDataModule`):
+            each data set that loads this column buckets its own samples; the others keep
+            their plain order (a warning). None: no bucketing.
+        bucket_pool: with ``bucket_by``, the batches drawn together and sorted by length.
 
     Raises:
         ValueError: for no data sets, an unknown sampling, a non-positive temperature, a data
@@ -221,6 +225,8 @@ class MultiDataModule(MultimodalDataModule):
         predict_split: str = "test",
         on_error: Literal["raise", "skip"] = "raise",
         max_skipped: float = 0.01,
+        bucket_by: str | None = None,
+        bucket_pool: int = 50,
     ) -> None:
         super().__init__(
             dataset=None,
@@ -238,6 +244,8 @@ class MultiDataModule(MultimodalDataModule):
             on_error=on_error,
             max_skipped=max_skipped,
             seed=seed,
+            bucket_by=bucket_by,
+            bucket_pool=bucket_pool,
         )
         if not sources:
             raise ValueError("data.sources is empty: list the data sets, {name: {dataset: ...}}")
@@ -376,6 +384,21 @@ class MultiDataModule(MultimodalDataModule):
             self._make_loader(raw, f"{split}/{name}", False, source=name)
             for name, raw in self.datasets[split].items()
         ]
+
+    def _lengths(self, raw: Dataset, source: str | None = None) -> list[float] | None:
+        """The ``bucket_by`` lengths of data set ``source``; None (not bucketed, a warning)
+        for a data set that does not load that column while others do."""
+        column = self.bucket_by
+        loaded = self.columns.get(source or "", [])
+        if column in self.modalities + self.tasks and column not in loaded:
+            log.warning(
+                "data.bucket_by=%s: data.sources.%s has no %r column; its batches are not bucketed",
+                column,
+                source,
+                column,
+            )
+            return None
+        return super()._lengths(raw, source)
 
     def train_dataloader(self) -> Any:
         try:

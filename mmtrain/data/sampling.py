@@ -12,19 +12,30 @@ Exact resume asks three things of the data pipeline, and this module provides th
    random states need not be saved.
 3. The position: :meth:`ResumableSampler.resume` makes the next pass start after the batches
    that the interrupted run trained on, in the epoch it stopped in.
+
+Length bucketing (``data.bucket_by``) keeps all three: :func:`bucket_order` regroups this
+rank's share of the epoch into batches of similar length, drawn from ``(seed, epoch)`` and the
+lengths only, as whole batches (so a position in batches is still one in samples), and each
+sample keeps its seed. :func:`audio_seconds` gives audio lengths from file headers.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import random
-from collections.abc import Iterator, Sized
+from collections.abc import Iterator, Sequence, Sized
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch.random import default_generator
 from torch.utils.data import DistributedSampler, get_worker_info
+
+log = logging.getLogger(__name__)
 
 POSITION = "_position"  # batch[POSITION]: batches of the pass so far, this one included
 
@@ -60,8 +71,93 @@ def seeded(seed: int) -> Iterator[None]:
             default_generator.set_state(state[2])
 
 
+def bucket_order(
+    indices: Sequence[int],
+    lengths: np.ndarray,
+    batch_size: int,
+    pool: int,
+    generator: torch.Generator | None = None,
+) -> list[int]:
+    """``indices`` regrouped into batches of similar length (the "bucket iterator").
+
+    ``indices`` (already shuffled) is cut into pools of ``pool * batch_size`` samples, each pool
+    is sorted by length (a stable sort: equal lengths keep their random order) and cut into
+    batches, and the full batches are shuffled with ``generator`` (kept in order when None).
+    The result is a concatenation of whole batches: the one batch of fewer than
+    ``batch_size`` samples, if any, comes last.
+
+    Args:
+        indices: sample indices, in the order to bucket.
+        lengths: the length of every sample of the data set (indexed by sample index).
+        batch_size: samples per batch.
+        pool: batches sorted together.
+        generator: the random source of the batch order.
+
+    Returns:
+        The same indices, bucketed.
+    """
+    order = np.asarray(indices, dtype=np.int64)
+    size = pool * batch_size
+    for start in range(0, len(order), size):  # pool boundaries are batch boundaries
+        chunk = order[start : start + size]
+        chunk[:] = chunk[np.argsort(lengths[chunk], kind="stable")]
+    full = len(order) // batch_size
+    batches = order[: full * batch_size].reshape(full, batch_size)
+    if generator is not None:
+        batches = batches[torch.randperm(full, generator=generator).numpy()]
+    return batches.ravel().tolist() + order[full * batch_size :].tolist()
+
+
+def audio_seconds(paths: Sequence[str | Path | None], base: Path | None = None) -> list[float]:
+    """The duration of each audio file from its header (nothing is decoded).
+
+    Args:
+        paths: the files; a relative path is relative to ``base`` (else the working directory).
+        base: the folder that relative paths are relative to (a manifest's folder).
+
+    Returns:
+        Seconds per file; 0 for a missing value or a file whose header cannot be read (its
+        loading reports the problem, or skips it with ``data.on_error=skip``), logged.
+    """
+    import soundfile as sf
+
+    def seconds(path: str | Path | None) -> float:
+        if path is None:
+            return math.nan
+        file = Path(path)
+        if base is not None and not file.is_absolute():
+            file = base / file
+        try:
+            info = sf.info(str(file))
+        except (RuntimeError, OSError, ValueError):  # missing or unreadable: its loading says
+            return math.nan
+        return info.frames / info.samplerate if info.samplerate else math.nan
+
+    with ThreadPoolExecutor(max_workers=8) as pool:  # headers: I/O-bound on network storage
+        durations = list(pool.map(seconds, paths, chunksize=256))
+    bad = [i for i, d in enumerate(durations) if math.isnan(d)]
+    if bad:
+        log.warning(
+            "length bucketing: %d of %d audio files have no readable header (the first: %s); "
+            "they count as length 0",
+            len(bad),
+            len(durations),
+            paths[bad[0]],
+        )
+    return [0.0 if math.isnan(d) else d for d in durations]
+
+
 class ResumableSampler(DistributedSampler):
     """DistributedSampler's order, yielding :class:`SampleKey` and able to start mid-epoch.
+
+    With ``lengths``, training batches are bucketed by length (see :func:`bucket_order`): each
+    rank buckets its own share of the epoch (DistributedSampler's split, padding included, so
+    every rank still gets as many samples), in pools of ``bucket_pool`` batches, and all ranks
+    shuffle their batches with the same permutation, so the ranks' batches of one step come
+    from the same length quantile of their pools: similar lengths on every rank, few waits.
+    The bucketed order depends on ``(seed, epoch)`` and the lengths only, it is a
+    concatenation of whole batches (so :meth:`resume` skips whole batches), and each sample
+    keeps the seed it has without bucketing.
 
     Args:
         dataset: the data set (its length).
@@ -70,6 +166,12 @@ class ResumableSampler(DistributedSampler):
         rank: this process's rank.
         shuffle: a new permutation each epoch, else the data set's order.
         seed: the run's seed.
+        lengths: the length of each sample (tokens, seconds) to bucket batches by; None: no
+            bucketing.
+        bucket_pool: with ``lengths``, the batches drawn together and sorted by length.
+
+    Raises:
+        ValueError: for ``lengths`` not one per sample, or ``bucket_pool`` below 1.
     """
 
     def __init__(
@@ -80,6 +182,8 @@ class ResumableSampler(DistributedSampler):
         rank: int = 0,
         shuffle: bool = True,
         seed: int = 0,
+        lengths: Sequence[float] | None = None,
+        bucket_pool: int = 50,
     ) -> None:
         super().__init__(
             dataset,  # type: ignore[arg-type]
@@ -90,6 +194,17 @@ class ResumableSampler(DistributedSampler):
         )
         self.batch_size = batch_size
         self._resume: tuple[int, int] | None = None
+        self.lengths: np.ndarray | None = None
+        self.bucket_pool = bucket_pool
+        if lengths is not None:
+            if isinstance(bucket_pool, bool) or not isinstance(bucket_pool, int) or bucket_pool < 1:
+                raise ValueError(f"bucket_pool must be an integer >= 1, got {bucket_pool!r}")
+            if len(lengths) != len(dataset):
+                raise ValueError(
+                    f"lengths must give one length per sample: {len(lengths)} lengths for "
+                    f"{len(dataset)} samples"
+                )
+            self.lengths = np.asarray(lengths, dtype=np.float64)
 
     def resume(self, epoch: int, batches: int) -> None:
         """Make the next pass the rest of ``epoch``, after its first ``batches`` batches.
@@ -120,6 +235,9 @@ class ResumableSampler(DistributedSampler):
         if padding > 0:
             indices += (indices * (padding // len(indices) + 1))[:padding]
         mine = indices[self.rank : self.total_size : self.num_replicas]
+        if self.lengths is not None:  # drawn after the seeds: a sample's seed stays the same
+            batch_order = generator if self.shuffle else None  # the same on every rank
+            mine = bucket_order(mine, self.lengths, self.batch_size, self.bucket_pool, batch_order)
         seed_list = seeds.tolist()
         for index in mine[start:]:
             yield SampleKey(index, seed_list[index])
