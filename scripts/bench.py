@@ -45,7 +45,15 @@ Every figure is measured against a baseline in the same run, interleaved (nothin
    in ``--workers`` (the top-level keys: 2 workers), the best of ``--load-rounds`` interleaved
    passes, each timed after ``--load-warmup`` + 2 x workers untimed batches (worker start-up
    and prefetched batches excluded).
-4. ``feature_cache_speedup``: mmtrain has no frozen-encoder feature cache: written as null.
+4. **Feature cache** (``feature_cache_speedup``): ``experiment=coco_caption`` on the same
+   COCO-like fixture with a frozen ResNet-18 (``encoder.image.freeze=true``, images at
+   ``--cache-size`` px), ``--cache-epochs`` epochs of ``mmtrain fit``, without and with
+   ``data.cache_features=true`` (a fresh ``data.cache_dir`` each round, so the cache is built
+   in every run), interleaved, ``--cache-rounds`` pairs. The speedup is the ratio of the
+   median training epoch times (epochs 2 on: the first holds the start-up and, with the cache,
+   its build), from the step stamps of the same timer callback; the cache's build time (the
+   difference of the times to the first step) and the first-step losses (the same: no
+   augmentation) are reported too.
 
 ``--threads`` (default 1) fixes torch's threads in every process (``OMP_NUM_THREADS``): on a
 shared 2-core machine two spinning OpenMP threads per process made steps 10-20x slower and the
@@ -949,6 +957,79 @@ def _print_profile(prof: dict[str, Any]) -> None:
             print(f"  {label:<38}{ms:>10.3f}")
 
 
+def bench_feature_cache(args: argparse.Namespace, env: dict[str, str], runs: Path) -> dict:
+    """Epoch times of a frozen-encoder captioning run without and with the feature cache."""
+    root = coco_fixture(args.data_dir, args.images, args.seed)
+    steps_per_epoch = math.ceil(args.images / args.cache_batch_size)
+    steps = steps_per_epoch * args.cache_epochs
+    overrides = [
+        "experiment=coco_caption",
+        f"data.root={json.dumps(str(root))}",
+        "encoder.image.freeze=true",
+        "+data.image.augment=false",  # cached features are those of the evaluation transform
+        f"data.image.size={args.cache_size}",
+        f"data.batch_size={args.cache_batch_size}",
+        "data.num_workers=0",
+        "data.tokenizers.caption.min_freq=1",
+        "~logger",
+        "callbacks=none",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "+trainer.num_sanity_val_steps=0",
+        "+trainer.limit_val_batches=0",
+        f"trainer.max_epochs={args.cache_epochs}",
+        "+callbacks.timer._target_=bench.step_timer",
+        f"+callbacks.timer.steps={steps}",
+        "+callbacks.timer.warmup=1",
+        "allowed_targets=[bench.]",
+    ]
+    rows: dict[str, list[dict[str, Any]]] = {"plain": [], "cache": []}
+    for round_ in range(args.cache_rounds):
+        order = ("plain", "cache") if round_ % 2 == 0 else ("cache", "plain")
+        for kind in order:
+            name = f"cache{round_}_{kind}"
+            out = runs / f"{name}.json"
+            extra = [f"+callbacks.timer.out={json.dumps(str(out))}"]
+            extra.append(f"hydra.run.dir={json.dumps(str(runs / name))}")
+            if kind == "cache":
+                cache_dir = runs / f"{name}_features"
+                extra += [
+                    "data.cache_features=true",
+                    f"data.cache_dir={json.dumps(str(cache_dir))}",
+                ]
+            started = _run_child(
+                [*_mmtrain_command(), "fit", *overrides, *extra], env, runs / f"{name}.log"
+            )
+            record = json.loads(out.read_text())
+            ends = record["step_ends"]
+            epoch_ends = [ends[e * steps_per_epoch - 1] for e in range(1, args.cache_epochs + 1)]
+            rows[kind].append(
+                {
+                    "epoch_s": [b - a for a, b in zip(epoch_ends, epoch_ends[1:])],
+                    "first_step_s": record["first_step_end_unix"] - started,
+                    "first_loss": record["losses"][0],
+                }
+            )
+    median = {
+        kind: statistics.median(e for r in kind_rows for e in r["epoch_s"])
+        for kind, kind_rows in rows.items()
+    }
+    first = {k: statistics.median(r["first_step_s"] for r in v) for k, v in rows.items()}
+    return {
+        "images": args.images,
+        "image_size": args.cache_size,
+        "batch_size": args.cache_batch_size,
+        "epochs": args.cache_epochs,
+        "rounds": args.cache_rounds,
+        "epoch_s_median": median,
+        "speedup": median["plain"] / median["cache"],
+        "first_step_s_median": first,
+        "cache_build_s": first["cache"] - first["plain"],
+        "first_losses": {k: [r["first_loss"] for r in v] for k, v in rows.items()},
+        "runs": rows,
+    }
+
+
 def print_table(result: dict[str, Any]) -> None:
     """The summary on stdout."""
     m, s, d = result["machine"], result["startup"], result["data"]
@@ -988,7 +1069,19 @@ def print_table(result: dict[str, Any]) -> None:
             f"{workers:<9}{r['plain_images_per_s']:>9.1f}{r['mmtrain_images_per_s']:>9.1f}"
             f"{r['ratio']:>8.3f}{r['ratio_median_of_rounds']:>18.3f}"
         )
-    print("\n4. frozen-encoder feature cache: none in mmtrain (feature_cache_speedup: null)")
+    c = result["feature_cache"]
+    print(
+        f"\n4. frozen-encoder feature cache: coco_caption, frozen ResNet-18 at {c['image_size']} "
+        f"px, {c['images']} images, batch {c['batch_size']}, {c['epochs']} epochs, "
+        f"{c['rounds']} round(s)"
+    )
+    print(f"{'':<34}{'epoch s':>9}{'first step s':>14}")
+    for kind, name in (("plain", "without the cache"), ("cache", "data.cache_features=true")):
+        print(f"{name:<34}{c['epoch_s_median'][kind]:>9.2f}{c['first_step_s_median'][kind]:>14.2f}")
+    print(
+        f"speedup of a training epoch {c['speedup']:.2f}x; building the cache "
+        f"{c['cache_build_s']:.1f} s; first-step losses {c['first_losses']}"
+    )
     if result.get("profile"):
         _print_profile(result["profile"])
     busy = {k: v for k, v in result["other_processes_cpu_share"].items() if v and v > 0.1}
@@ -1016,6 +1109,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--load-warmup", type=int, default=2, help="untimed batches (+2 a worker)")
     p.add_argument("--load-batches", type=int, default=10, help="timed batches per pass")
     p.add_argument("--load-rounds", type=int, default=5, help="interleaved passes per loader")
+    p.add_argument("--cache-epochs", type=int, default=3, help="feature cache: epochs a run")
+    p.add_argument("--cache-rounds", type=int, default=2, help="feature cache: run pairs")
+    p.add_argument("--cache-size", type=int, default=128, help="feature cache: image px")
+    p.add_argument("--cache-batch-size", type=int, default=16, help="feature cache: batch")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process (0: default)")
     p.add_argument(
         "--no-profile", dest="profile", action="store_false", help="skip the profiled pair"
@@ -1028,6 +1125,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.steps, args.warmup, args.rounds, args.startup_rounds = 6, 2, 1, 1
         args.images, args.batch_size, args.load_warmup, args.load_batches = 24, 8, 1, 2
         args.load_rounds, args.profile = 1, False
+        args.cache_epochs, args.cache_rounds, args.cache_size = 2, 1, 64
     if not 1 <= args.warmup < args.steps:
         p.error(f"need 1 <= --warmup < --steps, got {args.warmup} and {args.steps}")
     args.workers = [int(w) for w in args.workers.split(",")]
@@ -1073,6 +1171,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "training": lambda: bench_training(args, env, runs),
         "startup": lambda: bench_startup(args, env),
         "data": lambda: bench_data(args, args.data_dir),
+        "feature_cache": lambda: bench_feature_cache(args, env, runs),
     }
     seconds: dict[str, float] = {}
     for number, (name, section) in enumerate(sections.items(), 1):
@@ -1107,8 +1206,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         data_images_per_s=d["by_workers"][top]["mmtrain_images_per_s"],
         data_baseline_images_per_s=d["by_workers"][top]["plain_images_per_s"],
         data_ratio=d["by_workers"][top]["ratio"],
-        feature_cache_speedup=None,  # mmtrain has no frozen-encoder feature cache
-        feature_cache_note="mmtrain has no frozen-encoder feature cache; nothing to measure",
+        feature_cache_speedup=result["feature_cache"]["speedup"],
         loss_parity=t["loss_parity"],
         other_processes_cpu_share=shares,
         section_seconds=seconds,

@@ -34,6 +34,7 @@ NUMBERS = (
     "data_images_per_s",
     "data_baseline_images_per_s",
     "data_ratio",
+    "feature_cache_speedup",
 )
 
 
@@ -71,7 +72,9 @@ def test_bench_quick_writes_every_key(tmp_path: Path) -> None:
 
     bad = {k: result.get(k) for k in NUMBERS if not _positive(result.get(k))}
     assert not bad, f"not positive numbers: {bad}"
-    assert "feature_cache_speedup" in result and result["feature_cache_speedup"] is None
+    cache = result["feature_cache"]
+    plain_loss, cached_loss = cache["first_losses"]["plain"][0], cache["first_losses"]["cache"][0]
+    assert cached_loss == pytest.approx(plain_loss, rel=1e-5)  # no augmentation: the same step
 
     parity = result["loss_parity"]
     assert parity["passed"] is True and parity["checked_steps"] >= 1

@@ -52,7 +52,22 @@ def test_ddp_on_cpu_writes_one_run_directory(scratch, tiny_data) -> None:
     assert proc.returncode == 0, _explain(proc)
     runs = [p.parent for p in scratch["out"].glob("**/.hydra")]
     assert len(runs) == 1, runs
-    assert json.loads((runs[0] / "metrics.json").read_text())["val/label/accuracy"] >= 0
+    ddp = json.loads((runs[0] / "metrics.json").read_text())
+    # Only rank 0 writes: one CSV row per logged step, not one per process.
+    with (runs[0] / "csv/metrics.csv").open() as f:
+        epochs = [row["epoch"] for row in csv.DictReader(f) if row.get("val/loss")]
+    assert epochs == ["0"], epochs
+    # The metrics are synchronised: each rank saw half the validation split, and the logged
+    # values are those of the whole split, as one process computes them from the checkpoint.
+    single = mmtrain(
+        scratch, "validate", *SMALL, f"ckpt_path={runs[0] / 'checkpoints/last.ckpt'}",
+        timeout=300,
+    )  # fmt: skip
+    assert single.returncode == 0, _explain(single)
+    (validated,) = [p for p in _run_dirs(scratch["out"], "metrics.json") if p != runs[0]]
+    one = json.loads((validated / "metrics.json").read_text())
+    for key in ("val/label/accuracy", "val/loss"):
+        assert one[key] == pytest.approx(ddp[key], rel=1e-5), key
 
 
 @pytest.mark.slow

@@ -70,6 +70,26 @@ def test_optuna_sweep_writes_a_summary(scratch, tiny_data):
     assert "sweep summary" in proc.stdout and "optimizer.lr" in proc.stdout
 
 
+# ---- submitit: the launcher of SLURM sweeps, run here with its local executor -----------------
+@pytest.mark.slow  # ~40 s: every job is a new process that imports torch
+def test_submitit_launcher_runs_one_job_a_directory(scratch, tiny_data):
+    """``hydra/launcher=submitit_slurm`` submits each job with sbatch; ``submitit_local`` runs
+    the same code path (pickled task function, one process a job) without SLURM."""
+    pytest.importorskip(
+        "hydra_plugins.hydra_submitit_launcher", reason="pip install hydra-submitit-launcher"
+    )
+    proc = mmtrain(
+        scratch, "fit", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",
+        "optimizer.lr=1e-3,1e-4", "debug=fdr", *TINY_DATA, *QUIET, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, _explain(proc)
+    (sweep,) = _sweep_dirs(scratch["out"])
+    rows = _summary(sweep)
+    assert sorted((r["job"], r["status"]) for r in rows) == [("0", "ok"), ("1", "ok")], rows
+    assert all((sweep / job / "metrics.json").is_file() for job in ("0", "1"))
+    assert (sweep / ".submitit").is_dir()  # submitit's own logs of each job
+
+
 # ---- a failing job; resuming --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def failing_sweep(tmp_path_factory, session_dirs, tiny_data) -> dict:
