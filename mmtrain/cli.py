@@ -32,6 +32,8 @@ stages:
   test       evaluate a checkpoint on the test split         (needs ckpt_path=...)
   predict    write predictions of a checkpoint               (needs ckpt_path=...)
   report     plots and an HTML page of a run or sweep directory: mmtrain report <dir>
+  shard      write a data set as webdataset tar shards, for data=webdataset:
+             mmtrain shard <data preset> out=<dir> [overrides]
 
 examples:
   mmtrain fit                                   # the default experiment (shapes)
@@ -71,13 +73,18 @@ def suggest_keys(stage: str, overrides: list[str]) -> list[str]:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception:
         return []
-    groups = [o.input_line for o in parsed if "/" in o.key_or_group or o.value_type is None]
+    folders = {p.relative_to(config_dir()).as_posix() for p in config_dir().rglob("*/")}
+    groups = [
+        o.input_line
+        for o in parsed
+        if "/" in o.key_or_group or o.key_or_group in folders or o.value_type is None
+    ]  # experiment=..., data=...: without them, the keys of their presets look unknown
     lines = []
     GlobalHydra.instance().clear()
     try:
@@ -103,7 +110,10 @@ def suggest_keys(stage: str, overrides: list[str]) -> list[str]:
         key = o.key_or_group
         if o.is_add() or o.is_force_add() or o.is_delete() or key.startswith("hydra"):
             continue
-        if "/" not in key and OmegaConf.select(base, key, default="\0missing") == "\0missing":
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(base, parent, default=None) if parent else base
+        known_key = isinstance(node, DictConfig) and leaf in list(node)  # a "???" value too
+        if "/" not in key and not known_key:
             close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
             if close:
                 lines.append(f"mmtrain: unknown key '{key}'; did you mean '{close[0]}'?")
@@ -446,6 +456,10 @@ def main(argv: list[str] | None = None) -> Any:
         from mmtrain.report import main as report_main
 
         return report_main(rest)
+    if stage == "shard":  # not a Hydra stage: a data preset's splits as tar shards
+        from mmtrain.shard import main as shard_main
+
+        return shard_main(rest)
     if stage not in STAGES:
         close = difflib.get_close_matches(stage, STAGES, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""

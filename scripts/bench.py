@@ -45,9 +45,9 @@ Every figure is measured against a baseline in the same run, interleaved (nothin
    in ``--workers`` (the top-level keys: 2 workers), the best of ``--load-rounds`` interleaved
    passes, each timed after ``--load-warmup`` + 2 x workers untimed batches (worker start-up
    and prefetched batches excluded).
-4. **Feature cache** (``feature_cache_speedup``): ``experiment=coco_caption`` on the same
-   COCO-like fixture with a frozen ResNet-18 (``encoder.image.freeze=true``, images at
-   ``--cache-size`` px), ``--cache-epochs`` epochs of ``mmtrain fit``, without and with
+4. **Feature cache** (``feature_cache_speedup``): ``experiment=coco_caption`` on a COCO-like
+   fixture of ``--cache-images`` images with a frozen ResNet-18 (``encoder.image.freeze=true``,
+   images at ``--cache-size`` px), ``--cache-epochs`` epochs of ``mmtrain fit``, without and with
    ``data.cache_features=true`` (a fresh ``data.cache_dir`` each round, so the cache is built
    in every run), interleaved, ``--cache-rounds`` pairs. The speedup is the ratio of the
    median training epoch times (epochs 2 on: the first holds the start-up and, with the cache,
@@ -959,8 +959,8 @@ def _print_profile(prof: dict[str, Any]) -> None:
 
 def bench_feature_cache(args: argparse.Namespace, env: dict[str, str], runs: Path) -> dict:
     """Epoch times of a frozen-encoder captioning run without and with the feature cache."""
-    root = coco_fixture(args.data_dir, args.images, args.seed)
-    steps_per_epoch = math.ceil(args.images / args.cache_batch_size)
+    root = coco_fixture(args.data_dir, args.cache_images, args.seed)
+    steps_per_epoch = math.ceil(args.cache_images / args.cache_batch_size)
     steps = steps_per_epoch * args.cache_epochs
     overrides = [
         "experiment=coco_caption",
@@ -1016,7 +1016,7 @@ def bench_feature_cache(args: argparse.Namespace, env: dict[str, str], runs: Pat
     }
     first = {k: statistics.median(r["first_step_s"] for r in v) for k, v in rows.items()}
     return {
-        "images": args.images,
+        "images": args.cache_images,
         "image_size": args.cache_size,
         "batch_size": args.cache_batch_size,
         "epochs": args.cache_epochs,
@@ -1109,6 +1109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--load-warmup", type=int, default=2, help="untimed batches (+2 a worker)")
     p.add_argument("--load-batches", type=int, default=10, help="timed batches per pass")
     p.add_argument("--load-rounds", type=int, default=5, help="interleaved passes per loader")
+    p.add_argument("--cache-images", type=int, default=256, help="feature cache: images")
     p.add_argument("--cache-epochs", type=int, default=3, help="feature cache: epochs a run")
     p.add_argument("--cache-rounds", type=int, default=2, help="feature cache: run pairs")
     p.add_argument("--cache-size", type=int, default=128, help="feature cache: image px")
@@ -1126,6 +1127,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.images, args.batch_size, args.load_warmup, args.load_batches = 24, 8, 1, 2
         args.load_rounds, args.profile = 1, False
         args.cache_epochs, args.cache_rounds, args.cache_size = 2, 1, 64
+        args.cache_images = args.images
     if not 1 <= args.warmup < args.steps:
         p.error(f"need 1 <= --warmup < --steps, got {args.warmup} and {args.steps}")
     args.workers = [int(w) for w in args.workers.split(",")]

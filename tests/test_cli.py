@@ -203,6 +203,19 @@ def test_override_typo_gets_did_you_mean(scratch):
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
+def test_did_you_mean_knows_the_keys_of_the_chosen_presets():
+    """A key of the experiment's data preset is known even when another override fails (the
+    suggestions are then made on the config of the group choices alone)."""
+    from mmtrain.cli import suggest_keys
+
+    chosen = ["experiment=coco_caption", "data.root=/x", "data.tokenizers.caption.min_freq=1"]
+    assert suggest_keys("fit", [*chosen, "data.image.augmentt=false"]) == []
+    assert suggest_keys("fit", [*chosen[:2], "data.tokenizers.caption.min_fre=1"]) == [
+        "mmtrain: unknown key 'data.tokenizers.caption.min_fre'; "
+        "did you mean 'data.tokenizers.caption.min_freq'?"
+    ]
+
+
 def test_unknown_group_option_lists_the_options(scratch):
     proc = mmtrain(scratch, "fit", "fusion=nope")
     assert proc.returncode != 0, _explain(proc)
