@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: install install-dev fit test test-slow lint format bench clean
+.PHONY: install install-dev fit test test-slow lint format bench bench-gpu clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ lint: install-dev                      ## ruff lint and format check
 
 bench: install                         ## mmtrain vs plain PyTorch: overhead, start-up, data (ARGS="--quick"); captioning: scripts/bench_caption.py
 	$(BIN)/python scripts/bench.py $(ARGS)
+
+bench-gpu: install                     ## GPU: coco_caption ViT-B/16, eager vs compile: samples/s, MFU, memory, data wait (< 5 min; ARGS="--smoke" on a CPU)
+	$(BIN)/python scripts/bench_gpu.py $(ARGS)
 
 format: install-dev
 	$(BIN)/ruff check --fix mmtrain tests scripts
