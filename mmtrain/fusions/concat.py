@@ -48,5 +48,8 @@ class ConcatFusion(nn.Module):
             )
         if not tokens:
             raise ValueError(f"no known modality in the input: got {sorted(features)}")
-        mask = torch.cat(masks, dim=1)  # (B, sum N_m)
-        return Features(torch.cat(tokens, dim=1), None if bool(mask.all()) else mask)
+        # No mask when no input has one: decided without reading the mask's values, which
+        # would make the host wait for the device every step (and break torch.compile graphs).
+        masked = any(features[m].mask is not None for m in self.proj if m in features)
+        mask = torch.cat(masks, dim=1) if masked else None  # (B, sum N_m)
+        return Features(torch.cat(tokens, dim=1), mask)

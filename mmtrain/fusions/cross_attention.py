@@ -116,5 +116,6 @@ class CrossAttentionFusion(nn.Module):
                 updated[m] = (layer[m](x, context, context_mask), mask)
             streams = updated
         tokens = torch.cat([self.norm[m](x) for m, (x, _) in streams.items()], dim=1)
-        mask = torch.cat([k for _, k in streams.values()], dim=1)  # (B, sum N_m)
-        return Features(tokens, None if bool(mask.all()) else mask)
+        if all(features[m].mask is None for m in streams):  # no mask in, none out (no sync)
+            return Features(tokens, None)
+        return Features(tokens, torch.cat([k for _, k in streams.values()], dim=1))

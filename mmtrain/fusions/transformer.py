@@ -79,4 +79,4 @@ class TransformerFusion(nn.Module):
         x = self.encoder(x, mask)  # (B, N, dim), padded tokens zeroed
         if self.output == "cls":
             return Features(x[:, :1], None)  # (B, 1, dim)
-        return Features(x, None if bool(mask.all()) else mask)
+        return Features(x, None if joined.mask is None else mask)  # no mask in, none out
