@@ -84,15 +84,18 @@ from typing import Any
 SCRIPTS = Path(__file__).resolve().parent
 PARITY_STEPS = 10  # the first steps whose losses must agree
 PARITY_TOL = 1e-5  # absolute and relative
-# A `mmtrain fit` without logging, checkpoints, progress bar, summary or validation.
-FIT_OVERRIDES = (
-    "experiment=shapes",
+# Nothing but training: no logging, checkpoints, progress bar, summary or validation.
+TRAINING_ONLY = (
     "~logger",
     "callbacks=none",
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
     "+trainer.num_sanity_val_steps=0",
     "+trainer.limit_val_batches=0",
+)
+FIT_OVERRIDES = (
+    "experiment=shapes",
+    *TRAINING_ONLY,
     "trainer.max_epochs=-1",  # max_steps ends the run
 )
 QUICK_SHAPES = (  # --quick: a tiny shapes set (its own folder: the stamp differs)
@@ -971,12 +974,7 @@ def bench_feature_cache(args: argparse.Namespace, env: dict[str, str], runs: Pat
         f"data.batch_size={args.cache_batch_size}",
         "data.num_workers=0",
         "data.tokenizers.caption.min_freq=1",
-        "~logger",
-        "callbacks=none",
-        "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false",
-        "+trainer.num_sanity_val_steps=0",
-        "+trainer.limit_val_batches=0",
+        *TRAINING_ONLY,
         f"trainer.max_epochs={args.cache_epochs}",
         "+callbacks.timer._target_=bench.step_timer",
         f"+callbacks.timer.steps={steps}",

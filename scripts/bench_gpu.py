@@ -93,6 +93,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from bench import TRAINING_ONLY  # scripts/ is on the path: this script's folder
+
 SCRIPTS = Path(__file__).resolve().parent
 MODES = ("eager", "compile")
 CAPTIONS_PER_IMAGE = 5  # write_synthetic_coco; the train split has an item per caption
@@ -119,12 +121,7 @@ PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
 FIT_OVERRIDES = (
     "experiment=coco_caption",
     "encoder/image=vit_b16",
-    "~logger",
-    "callbacks=none",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-    "+trainer.num_sanity_val_steps=0",
-    "+trainer.limit_val_batches=0",
+    *TRAINING_ONLY,
     "trainer.max_epochs=-1",  # max_steps ends the run
 )
 SMOKE_OVERRIDES = ("encoder.image.image_size=32", "data.image.size=32")

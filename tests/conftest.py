@@ -68,6 +68,33 @@ SYNTH_FACTS: dict[str, Any] = {
 }
 
 
+# ---- scripts/ ----------------------------------------------------------------------------------
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+def load_script(name: str) -> Any:
+    """``scripts/<name>.py`` as a module (the benchmarks import each other: ``scripts/`` goes
+    on ``sys.path``, as when they run)."""
+    import importlib.util
+    import sys
+
+    if str(SCRIPTS) not in sys.path:
+        sys.path.insert(0, str(SCRIPTS))
+    spec = importlib.util.spec_from_file_location(f"{name}_under_test", SCRIPTS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def positive_number(value: object) -> bool:
+    """A finite int or float above 0 (not a bool): a measured number in a benchmark's JSON."""
+    import math
+
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return number and math.isfinite(value) and value > 0
+
+
 # ---- environment ----------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def session_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:

@@ -9,16 +9,15 @@ profile summary) and the parity check's failure are tested in-process.
 from __future__ import annotations
 
 import cProfile
-import importlib.util
 import json
 import math
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from conftest import load_script, positive_number
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
 NUMBERS = (
@@ -38,24 +37,6 @@ NUMBERS = (
 )
 
 
-def _positive(value: object) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
-    )
-
-
-def _bench() -> ModuleType:
-    """scripts/bench.py as a module (its top level imports the standard library only)."""
-    spec = importlib.util.spec_from_file_location("bench_under_test", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow  # 40 s: make bench is run by hand, as are the slow tests
 def test_bench_quick_writes_every_key(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
@@ -70,7 +51,7 @@ def test_bench_quick_writes_every_key(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
 
-    bad = {k: result.get(k) for k in NUMBERS if not _positive(result.get(k))}
+    bad = {k: result.get(k) for k in NUMBERS if not positive_number(result.get(k))}
     assert not bad, f"not positive numbers: {bad}"
     cache = result["feature_cache"]
     plain_loss, cached_loss = cache["first_losses"]["plain"][0], cache["first_losses"]["cache"][0]
@@ -83,7 +64,9 @@ def test_bench_quick_writes_every_key(tmp_path: Path) -> None:
     by_workers = result["data"]["by_workers"]
     assert set(by_workers) == {"0", "1", "2"}
     for row in by_workers.values():
-        assert _positive(row["mmtrain_images_per_s"]) and _positive(row["plain_images_per_s"])
+        assert positive_number(row["mmtrain_images_per_s"]) and positive_number(
+            row["plain_images_per_s"]
+        )
     assert result["data_num_workers"] == 2
 
     machine = result["machine"]
@@ -92,7 +75,7 @@ def test_bench_quick_writes_every_key(tmp_path: Path) -> None:
 
 
 def test_parity_check_names_the_first_differing_step() -> None:
-    bench = _bench()
+    bench = load_script("bench")
     same = bench.check_parity([2.5, 2.0, 1.0], [2.5, 2.0 + 1e-7, 1.0])
     assert same["passed"] and same["checked_steps"] == 3
     with pytest.raises(AssertionError, match="step 2"):
@@ -102,11 +85,13 @@ def test_parity_check_names_the_first_differing_step() -> None:
 
 
 def test_best_of_rounds_takes_each_steps_fastest_round() -> None:
-    assert _bench().best_of_rounds([[1.0, 5.0, 2.0], [2.0, 3.0, 2.5]]) == 1.0 + 3.0 + 2.0
+    assert (
+        load_script("bench").best_of_rounds([[1.0, 5.0, 2.0], [2.0, 3.0, 2.5]]) == 1.0 + 3.0 + 2.0
+    )
 
 
 def test_profile_summary(tmp_path: Path) -> None:
-    bench = _bench()
+    bench = load_script("bench")
     profiler = cProfile.Profile()
     profiler.enable()
     json.dumps([math.sqrt(i) for i in range(20_000)])

@@ -7,7 +7,6 @@ on the CPU, eager and compiled, with the timing callback and the FLOP count) end
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -17,6 +16,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from conftest import load_script, positive_number
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_gpu.py"
 PER_MODE = (
@@ -27,24 +27,6 @@ PER_MODE = (
     "flops_per_step",
     "mfu",
 )
-
-
-def _bench_gpu() -> ModuleType:
-    """scripts/bench_gpu.py as a module (its top level imports the standard library only)."""
-    spec = importlib.util.spec_from_file_location("bench_gpu_under_test", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _positive(value: object) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
-    )
 
 
 @pytest.mark.parametrize(
@@ -65,13 +47,13 @@ def _positive(value: object) -> bool:
     ],
 )
 def test_peak_flops_by_device_name(name: str, tflops: float) -> None:
-    peak = _bench_gpu().peak_flops(name)
+    peak = load_script("bench_gpu").peak_flops(name)
     assert peak["flops"] == pytest.approx(tflops * 1e12)
     assert "datasheet" in peak["source"]
 
 
 def test_peak_flops_unknown_cpu_and_override() -> None:
-    bench_gpu = _bench_gpu()
+    bench_gpu = load_script("bench_gpu")
     unknown = bench_gpu.peak_flops("NVIDIA GeForce RTX 4090")
     assert unknown["flops"] is None and "--peak-tflops" in unknown["source"]
     cpu = bench_gpu.peak_flops("cpu (Intel(R) Xeon(R) Processor)")
@@ -87,7 +69,7 @@ def test_peak_flops_unknown_cpu_and_override() -> None:
 
 
 def test_mfu_arithmetic() -> None:
-    mfu = _bench_gpu().mfu
+    mfu = load_script("bench_gpu").mfu
     # 100 GFLOP a sample at 4000 samples/s = 400 TFLOP/s of a 1000 TFLOP/s peak
     assert mfu(100e9, 4000.0, 1000e12) == pytest.approx(0.4)
     assert mfu(None, 4000.0, 1000e12) is None
@@ -111,7 +93,9 @@ def _record(steps: int = 6, batch: int = 128, wait: float = 0.02, step: float = 
 
 
 def test_summarise_times_the_steps_after_warmup() -> None:
-    s = _bench_gpu().summarise(_record(steps=6, batch=128, wait=0.02, step=0.1), warmup=2)
+    s = load_script("bench_gpu").summarise(
+        _record(steps=6, batch=128, wait=0.02, step=0.1), warmup=2
+    )
     assert s["timed_steps"] == 4
     assert s["samples_per_s"] == pytest.approx(128 / 0.1)
     assert s["step_s_median"] == pytest.approx(0.1)
@@ -121,9 +105,12 @@ def test_summarise_times_the_steps_after_warmup() -> None:
     assert s["peak_memory_gib"] == pytest.approx(30.0)
     assert s["compiled_graphs"] is None  # nothing compiled
     recompiled = _record() | {"graphs": [3, 5, 5, 5, 6, 6]}
-    assert _bench_gpu().summarise(recompiled, warmup=2)["graphs_compiled_in_timed_steps"] == 1
+    assert (
+        load_script("bench_gpu").summarise(recompiled, warmup=2)["graphs_compiled_in_timed_steps"]
+        == 1
+    )
     with pytest.raises(ValueError, match="not more than --warmup"):
-        _bench_gpu().summarise(_record(steps=2), warmup=2)
+        load_script("bench_gpu").summarise(_record(steps=2), warmup=2)
 
 
 def _result(bench_gpu: ModuleType, compile_record: dict | None) -> dict[str, Any]:
@@ -164,7 +151,7 @@ def _result(bench_gpu: ModuleType, compile_record: dict | None) -> dict[str, Any
 
 
 def test_finish_reuses_the_eager_flops_and_prints(capsys: pytest.CaptureFixture[str]) -> None:
-    bench_gpu = _bench_gpu()
+    bench_gpu = load_script("bench_gpu")
     result = _result(bench_gpu, _record(step=0.08, wait=0.02))
     eager, comp = result["eager"], result["compile"]
     assert result["device"] == "NVIDIA H200" and result["peak_flops"] == 989e12
@@ -180,20 +167,20 @@ def test_finish_reuses_the_eager_flops_and_prints(capsys: pytest.CaptureFixture[
 
 
 def test_a_failed_compile_run_still_reports_eager(capsys: pytest.CaptureFixture[str]) -> None:
-    bench_gpu = _bench_gpu()
+    bench_gpu = load_script("bench_gpu")
     result = _result(bench_gpu, None)
     assert result["compile_speedup"] is None and result["compile"]["mfu"] is None
     assert set(PER_MODE) <= set(result["compile"])  # the same keys, null
     assert (
         result["compile"]["samples_per_s"] is None and "timed out" in result["compile"]["mfu_note"]
     )
-    assert _positive(result["eager"]["mfu"])
+    assert positive_number(result["eager"]["mfu"])
     bench_gpu.print_table(result)
     assert "failed: timed out" in capsys.readouterr().out
 
 
 def test_parse_args_defaults_and_smoke() -> None:
-    bench_gpu = _bench_gpu()
+    bench_gpu = load_script("bench_gpu")
     args = bench_gpu.parse_args([])
     assert (args.batch_size, args.steps, args.warmup, args.workers) == (128, 40, 10, 12)
     assert args.images == 40 * 128 // 5 and args.accelerator == "gpu"  # one epoch
@@ -227,15 +214,15 @@ def test_bench_gpu_smoke_writes_every_key(tmp_path: Path) -> None:
         m = result[mode]
         assert set(PER_MODE) <= set(m), f"{mode}: missing {set(PER_MODE) - set(m)}"
         for key in ("samples_per_s", "step_s_median", "flops_per_step", "mfu", "first_step_s"):
-            assert _positive(m[key]), f"{mode}.{key} = {m[key]!r}"
+            assert positive_number(m[key]), f"{mode}.{key} = {m[key]!r}"
         assert 0.0 <= m["data_wait_share"] <= 1.0
         assert 0.0 < m["mfu"] < 1.0
         if m["device_type"] == "cpu":
-            assert m["peak_memory_gib"] is None and _positive(m["peak_rss_gib"])
+            assert m["peak_memory_gib"] is None and positive_number(m["peak_rss_gib"])
         else:
-            assert _positive(m["peak_memory_gib"])
+            assert positive_number(m["peak_memory_gib"])
         assert math.isfinite(m["first_loss"]) and math.isfinite(m["last_loss"])
     assert result["compile"]["flops_per_step"] == result["eager"]["flops_per_step"]
     assert result["compile"]["compiled_graphs"] >= 1  # the compile run did compile
-    assert _positive(result["compile_speedup"])
+    assert positive_number(result["compile_speedup"])
     assert "compile speed-up" in proc.stdout and "samples/s" in proc.stdout
