@@ -149,7 +149,8 @@ class MultimodalModule(pl.LightningModule):
         tokens = batch[modality + FEATURES].transpose(1, 2)
         if tokens.dtype == torch.float16:  # data.cache_dtype=float16
             tokens = tokens.float()
-        mask = batch.get(f"{modality}{FEATURES}_mask") if self._cache_masked[modality] else None
+        masked = self._cache_masked.get(modality, True)
+        mask = batch.get(f"{modality}{FEATURES}_mask") if masked else None
         return Features(tokens, mask)
 
     def _input(self, modality: str, x: Tensor) -> Tensor:
@@ -377,9 +378,6 @@ class MultimodalModule(pl.LightningModule):
         return SharedParameters(all=encoders + fusion, last=fusion or encoders)
 
     def on_fit_start(self) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if getattr(datamodule, "cache_features", False):  # before any loader is made
-            self._cache_masked = build_feature_cache(self, datamodule)
         # DeepSpeed backpropagates through its engine, never through self.backward(): a
         # gradient-based weighting would silently become a plain weighted sum.
         strategy = type(self.trainer.strategy).__name__
@@ -388,6 +386,9 @@ class MultimodalModule(pl.LightningModule):
                 f"loss_weighting={type(self.loss_weighting).__name__} needs per-task gradients, "
                 f"which trainer.strategy={strategy} does not let it compute; use ddp instead"
             )
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if getattr(datamodule, "cache_features", False):  # before any loader is made
+            self._cache_masked = build_feature_cache(self, datamodule)
 
     def on_train_epoch_end(self) -> None:
         epoch_end = getattr(self.loss_weighting, "epoch_end", None)  # DWA's epoch history
