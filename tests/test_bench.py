@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import load_script, positive_number
+from conftest import SCRIPTS, load_script, positive_number
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
+SCRIPT = SCRIPTS / "bench.py"
 NUMBERS = (
     "overhead_time_ratio",
     "overhead_time_ratio_median",

@@ -70,6 +70,9 @@ def test_a_shared_cache_is_reused_and_a_changed_encoder_gets_its_own(
     # another seed: other (random) encoder weights, so another fingerprint
     run("fit", compose_config(*shared, "seed=7", output_dir=tmp_path / "c"))
     assert len(list((tmp_path / "cache").glob("*/train/image/meta.json"))) == 2
+    # other preprocessing, even a setting kept only inside torchvision's Normalize: another
+    run("fit", compose_config(*shared, "+data.image.std=[0.5,0.5,0.5]", output_dir=tmp_path / "d"))
+    assert len(list((tmp_path / "cache").glob("*/train/image/meta.json"))) == 3
 
 
 def test_a_frozen_trunk_keeps_its_batchnorm_statistics(compose_config, tiny_data, tmp_path):

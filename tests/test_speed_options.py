@@ -101,3 +101,33 @@ def test_compiled_model_trains_to_the_same_losses(compose_config, tiny_data, tmp
     keys = torch.load(tmp_path / "c/checkpoints/last.ckpt", weights_only=True)["state_dict"]
     assert not any("_orig_mod" in k for k in keys)
     assert json.loads((tmp_path / "c/metrics.json").read_text())
+
+
+def test_bf16_mixed_precision_trains_on_the_cpu(compose_config, tiny_data, tmp_path):
+    metrics = run(
+        "fit", compose_config("trainer.precision=bf16-mixed", *ONE_STEP, output_dir=tmp_path)
+    )
+    assert 0 < metrics["train/loss"] < float("inf")
+
+
+@pytest.mark.parametrize("weighting", ["fixed", "gradnorm"])  # gradnorm: its own backward
+def test_gradient_accumulation_steps_once_every_n_batches(
+    compose_config, tiny_data, tmp_path, weighting
+):
+    """4 batches with accumulate_grad_batches=2: 2 optimizer steps, and the step-wise cosine
+    schedule is sized to them (estimated_stepping_batches)."""
+    overrides = [
+        "debug=limit",
+        "trainer.max_epochs=1",
+        "trainer.accumulate_grad_batches=2",
+        f"loss_weighting={weighting}",
+        "scheduler=cosine",
+        *TINY_DATA,
+        *QUIET,
+    ]
+    metrics = run("fit", compose_config(*overrides, output_dir=tmp_path))
+    assert 0 < metrics["train/loss"] < float("inf")
+    ckpt = torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2
+    (scheduler,) = ckpt["lr_schedulers"]
+    assert scheduler["last_epoch"] == 2 and scheduler["T_max"] == 2

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -135,25 +136,28 @@ class CachedFeaturesDataset(Dataset):
         return self.raw.values(column)  # type: ignore[attr-defined]
 
 
-def fingerprint(encoder: nn.Module, transform: Any, dataset: str, split: str, dtype: str) -> str:
-    """A short hash of what the cached features depend on."""
+def fingerprint(
+    encoder: nn.Module, transform: Any, probe: Tensor | None, dataset: str, split: str, dtype: str
+) -> str:
+    """A short hash of what the cached features depend on: the encoder's weights, the
+    preprocessing (its settings, and ``probe``: the first sample as it preprocesses it, which
+    catches a setting kept only inside a torchvision or torchaudio module), the data set, the
+    split and the storage type."""
     digest = hashlib.sha256()
     for name, tensor in sorted(encoder.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
     digest.update(repr(type(encoder)).encode())
-    config = {k: v for k, v in vars(transform).items() if not isinstance(v, (Tensor, nn.Module))}
-    digest.update(repr(sorted(config.items(), key=lambda kv: kv[0])).encode())
+    config = sorted((k, v) for k, v in vars(transform).items() if not isinstance(v, Tensor))
+    digest.update(re.sub(r" at 0x[0-9a-f]+", "", repr(config)).encode())  # no addresses
+    if probe is not None:
+        digest.update(probe.contiguous().view(-1).view(torch.uint8).numpy())
     digest.update(f"{dataset}|{split}|{dtype}".encode())
     return digest.hexdigest()[:16]
 
 
 def _items(items: list[Any]) -> list[Any]:
     return items  # the loader's collate: items as they are, bad ones included
-
-
-def _rank_indices(size: int, rank: int, world: int) -> list[int]:
-    return list(range(rank, size, world))
 
 
 def _encode_batch(
@@ -273,20 +277,23 @@ def build_feature_cache(module: Any, datamodule: Any) -> dict[str, bool]:
         stores[split] = {}
         for modality in cached:
             encoder = module.encoders[modality]
+            # the modality alone: the other columns are not read
+            only = datamodule.dataset_factory(
+                split=split, columns=[modality], **datamodule.dataset_kwargs
+            )
+            dataset = TransformedDataset(only, datamodule.encode, train=False)
+            first = dataset[0] if len(dataset) else None
+            probe = first[modality] if isinstance(first, dict) else None  # None: a bad sample
             key = fingerprint(
                 encoder,
                 datamodule.transforms[modality],
+                probe,
                 description,
                 split,
                 datamodule.cache_dtype,
             )
             folder = root / key / split / modality
             if not (folder / "meta.json").is_file():
-                # the modality alone: the other columns are not read
-                only = datamodule.dataset_factory(
-                    split=split, columns=[modality], **datamodule.dataset_kwargs
-                )
-                dataset = TransformedDataset(only, datamodule.encode, train=False)
                 _build(module, encoder, modality, dataset, folder, world, rank, datamodule)
             stores[split][modality] = FeatureStore(folder)
             masked[modality] = stores[split][modality].masked
@@ -317,7 +324,7 @@ def _build(
             encoder,
             modality,
             dataset,
-            _rank_indices(size, rank, world),
+            list(range(rank, size, world)),  # every world-th sample
             part,
             batch_size=datamodule.batch_size,
             num_workers=datamodule.num_workers,
