@@ -124,6 +124,39 @@ def test_model_option_trains_one_step(group, option, compose_config, synth_batch
             assert len(decoded) == batch_size, f"head/{task}: {len(decoded)} predictions"
 
 
+ENCODER_OPTIONS = [(g, o) for g, o in MODEL_OPTIONS if g.startswith("encoder/")]
+
+
+@pytest.mark.parametrize(("group", "option"), ENCODER_OPTIONS, ids=_ids(ENCODER_OPTIONS))
+def test_encoder_option_freezes(group, option, compose_config, synth_batch, synth_facts):
+    """Every encoder preset takes ``freeze=true`` (declared in its YAML): no weight trains, and
+    it stays in eval mode during training (fixed BatchNorm statistics, no dropout), so its
+    features are the same every epoch (what data.cache_features relies on)."""
+    torch.manual_seed(0)
+    modality = group.split("/", 1)[1]
+    cfg = compose_config(
+        _override(compose_config, group, option), f"encoder.{modality}.freeze=true"
+    )
+    module = build_module(cfg, synth_facts)
+    encoder = module.encoders[modality]
+    synth_facts["image_size"] = cfg.encoder.get("image", {}).get("image_size", 64)
+    batch = synth_batch(list(cfg.encoder), list(cfg.head), synth_facts)
+    state = {k: v.clone() for k, v in encoder.state_dict().items()}
+
+    module.train()
+    assert not encoder.training and not any(m.training for m in encoder.modules())
+    first = encoder(batch[modality], batch.get(f"{modality}_mask")).tokens
+    optimizer = module.configure_optimizers()  # fit's default: no scheduler
+    _train_step(module, batch).backward()
+    assert all(not p.requires_grad and p.grad is None for p in encoder.parameters())
+    optimizer.step()  # AdamW's weight decay included: a weight without a gradient stays
+    for key, value in encoder.state_dict().items():  # BatchNorm running statistics too
+        assert torch.equal(value, state[key]), f"{group}={option}: {key} changed"
+    again = encoder(batch[modality], batch.get(f"{modality}_mask")).tokens
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    assert not first.requires_grad
+
+
 @pytest.mark.parametrize(
     "option", OPTIMIZER_OPTIONS, ids=[f"optimizer={o}" for o in OPTIMIZER_OPTIONS]
 )

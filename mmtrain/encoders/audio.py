@@ -13,10 +13,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmtrain.contracts import Features
+from mmtrain.encoders import FreezableEncoder
 from mmtrain.encoders.transformer import MaskedTransformer
 
 
-class MelCNNEncoder(nn.Module):
+class MelCNNEncoder(FreezableEncoder):
     """A small 2-D CNN over the log-mel image (PANNs-like), pooled over frequency.
 
     Each block halves time and frequency; the output has one token per ``2**len(channels)``
@@ -27,12 +28,20 @@ class MelCNNEncoder(nn.Module):
         n_mels: mel bins of the input (wired by build.py from the audio transform).
         channels: output channels of each conv block; the last one is ``out_dim``.
         dropout: dropout on the output tokens.
+        freeze: fix every weight and keep eval mode (see
+            :class:`~mmtrain.encoders.FreezableEncoder`).
 
     Raises:
         ValueError: if ``channels`` is empty or ``n_mels`` is too small for the blocks.
     """
 
-    def __init__(self, n_mels: int, channels: list[int] = (32, 64, 128), dropout: float = 0.0):
+    def __init__(
+        self,
+        n_mels: int,
+        channels: list[int] = (32, 64, 128),
+        dropout: float = 0.0,
+        freeze: bool = False,
+    ) -> None:
         super().__init__()
         channels = list(channels)
         if not channels or min(channels) <= 0:
@@ -53,6 +62,7 @@ class MelCNNEncoder(nn.Module):
         self.input_norm = nn.BatchNorm2d(1)
         self.dropout = nn.Dropout(dropout)
         self.out_dim = channels[-1]
+        self._set_frozen(freeze)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Features:
         """Encode log-mels ``x`` (B, n_mels, T); ``mask`` (B, T) is True on real frames."""
@@ -71,7 +81,7 @@ class MelCNNEncoder(nn.Module):
         return Features(self.dropout(tokens), m)
 
 
-class ASTEncoder(nn.Module):
+class ASTEncoder(FreezableEncoder):
     """An AST-like Transformer over non-overlapping log-mel patches (Gong et al., 2021).
 
     The log-mel image goes through a BatchNorm2d input norm (as in :class:`MelCNNEncoder`), is
@@ -99,6 +109,8 @@ class ASTEncoder(nn.Module):
         dropout: dropout on the patch embeddings and inside the layers.
         max_frames: longest input (in frames, padding included) that has time position
             embeddings; at a 10 ms hop, 1024 frames is about 10 s.
+        freeze: fix every weight and keep eval mode (see
+            :class:`~mmtrain.encoders.FreezableEncoder`).
 
     Raises:
         ValueError: for a non-positive size, ``n_mels`` not a multiple of ``patch_freq``, or
@@ -116,6 +128,7 @@ class ASTEncoder(nn.Module):
         ff_mult: int = 4,
         dropout: float = 0.0,
         max_frames: int = 1024,
+        freeze: bool = False,
     ) -> None:
         super().__init__()
         if min(n_mels, patch_freq, patch_time, max_frames) <= 0:
@@ -140,6 +153,7 @@ class ASTEncoder(nn.Module):
         self.patch_time = patch_time
         self.max_frames = max_frames
         self.out_dim = dim
+        self._set_frozen(freeze)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Features:
         """Encode log-mels ``x`` (B, n_mels, T); ``mask`` (B, T) is True on real frames.

@@ -10,6 +10,7 @@ import torchvision
 from torch import Tensor, nn
 
 from mmtrain.contracts import Features
+from mmtrain.encoders import FreezableEncoder
 
 
 def pretrained_state(arch: str) -> dict[str, Tensor]:
@@ -33,18 +34,10 @@ def pretrained_state(arch: str) -> dict[str, Tensor]:
     return torch.load(file, map_location="cpu", weights_only=True)
 
 
-class _TorchvisionTrunk(nn.Module):
-    """Freezing shared by the torchvision encoders: a frozen trunk stays in eval mode."""
+class _TorchvisionTrunk(FreezableEncoder):
+    """A torchvision trunk; frozen, it runs without recording the autograd graph."""
 
     trunk: nn.Module
-    freeze: bool
-
-    def train(self, mode: bool = True) -> _TorchvisionTrunk:
-        """Keep a frozen trunk in eval mode so its BatchNorm statistics and dropout stay off."""
-        super().train(mode)
-        if self.freeze:
-            self.trunk.eval()
-        return self
 
     def _run(self, x: Tensor) -> Tensor:
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
@@ -56,18 +49,22 @@ def _grid_to_tokens(grid: Tensor) -> Features:
     return Features(grid.flatten(2).transpose(1, 2), None)
 
 
-class SmallCNNEncoder(nn.Module):
+class SmallCNNEncoder(FreezableEncoder):
     """A few conv-BN-ReLU blocks, each halving the resolution; cheap enough for CPU runs.
 
     Args:
         channels: output channels of each block; the last one is ``out_dim``.
         dropout: dropout on the output tokens.
+        freeze: fix every weight and keep eval mode (see
+            :class:`~mmtrain.encoders.FreezableEncoder`).
 
     Raises:
         ValueError: if ``channels`` is empty or has a non-positive entry.
     """
 
-    def __init__(self, channels: list[int] = (32, 64, 128), dropout: float = 0.0) -> None:
+    def __init__(
+        self, channels: list[int] = (32, 64, 128), dropout: float = 0.0, freeze: bool = False
+    ) -> None:
         super().__init__()
         channels = list(channels)
         if not channels or min(channels) <= 0:
@@ -85,6 +82,7 @@ class SmallCNNEncoder(nn.Module):
         self.net = nn.Sequential(*layers)
         self.dropout = nn.Dropout(dropout)
         self.out_dim = channels[-1]
+        self._set_frozen(freeze)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Features:
         """Encode images; ``mask`` is unused (images have no padding)."""
@@ -117,9 +115,7 @@ class ResNetEncoder(_TorchvisionTrunk):
             net.load_state_dict(pretrained_state(arch))
         self.trunk = nn.Sequential(*list(net.children())[:-2])  # drop avgpool and fc
         self.out_dim = self._ARCHS[arch]
-        self.freeze = freeze
-        if freeze:  # eval from the start: Lightning does not call train() before fitting
-            self.trunk.requires_grad_(False).eval()
+        self._set_frozen(freeze)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Features:
         """Encode images; ``mask`` is unused."""
@@ -174,9 +170,7 @@ class ViTEncoder(_TorchvisionTrunk):
             net.load_state_dict(pretrained_state(arch))
         self.trunk = _ViTTokens(net)
         self.out_dim = self._ARCHS[arch]
-        self.freeze = freeze
-        if freeze:  # eval from the start: Lightning does not call train() before fitting
-            self.trunk.requires_grad_(False).eval()
+        self._set_frozen(freeze)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Features:
         """Encode images ``(B, 3, S, S)`` into ``(B, 1 + (S/16)^2, D)`` tokens."""

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmtrain.contracts import Features
+from mmtrain.encoders import FreezableEncoder
 from mmtrain.encoders.text import run_packed
 from mmtrain.encoders.transformer import MaskedTransformer
 
@@ -235,7 +236,7 @@ class ConvSubsampling(nn.Module):
         return tokens, frame_mask
 
 
-class ConvTransformerEncoder(nn.Module):
+class ConvTransformerEncoder(FreezableEncoder):
     """Conv subsampling + sinusoidal positions + a pre-norm Transformer (ESPnet/WeNet style).
 
     :class:`MaskedMelNorm` (optional) and :class:`ConvSubsampling` give ``N ~ T / factor``
@@ -257,6 +258,8 @@ class ConvTransformerEncoder(nn.Module):
         factor: time downsampling of the conv front end (power of two, 4 for CTC).
         input_norm: normalise each mel bin first (:class:`MaskedMelNorm`); turn off when the
             data pipeline already does.
+        freeze: fix every weight and keep eval mode (see
+            :class:`~mmtrain.encoders.FreezableEncoder`).
 
     Raises:
         ValueError: for a non-positive size, ``dim`` not divisible by ``heads``, or a bad
@@ -274,6 +277,7 @@ class ConvTransformerEncoder(nn.Module):
         channels: int | None = None,
         factor: int = 4,
         input_norm: bool = True,
+        freeze: bool = False,
     ) -> None:
         super().__init__()
         self.norm = MaskedMelNorm(n_mels) if input_norm else None
@@ -281,6 +285,7 @@ class ConvTransformerEncoder(nn.Module):
         self.encoder = MaskedTransformer(dim, layers, heads, ff_mult, dropout)
         self.dropout = nn.Dropout(dropout)
         self.out_dim = dim
+        self._set_frozen(freeze)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Features:
         """Encode log-mels ``x`` (B, n_mels, T); ``mask`` (B, T) is True on real frames.
@@ -301,7 +306,7 @@ class ConvTransformerEncoder(nn.Module):
         return Features(self.encoder(h, token_mask), token_mask)
 
 
-class ConvBiGRUEncoder(nn.Module):
+class ConvBiGRUEncoder(FreezableEncoder):
     """Conv subsampling + a bidirectional GRU over the real tokens only (DeepSpeech-2 style).
 
     :class:`MaskedMelNorm` (optional) and :class:`ConvSubsampling` give ``N ~ T / factor``
@@ -322,6 +327,8 @@ class ConvBiGRUEncoder(nn.Module):
         factor: time downsampling of the conv front end (power of two, 4 for CTC).
         input_norm: normalise each mel bin first (:class:`MaskedMelNorm`); turn off when the
             data pipeline already does.
+        freeze: fix every weight and keep eval mode (see
+            :class:`~mmtrain.encoders.FreezableEncoder`).
 
     Raises:
         ValueError: for a non-positive size or a bad ``factor`` / ``n_mels`` (see
@@ -338,6 +345,7 @@ class ConvBiGRUEncoder(nn.Module):
         channels: int | None = None,
         factor: int = 4,
         input_norm: bool = True,
+        freeze: bool = False,
     ) -> None:
         super().__init__()
         _check_positive(hidden=hidden, layers=layers)
@@ -353,6 +361,7 @@ class ConvBiGRUEncoder(nn.Module):
             dropout=dropout if layers > 1 else 0.0,
         )
         self.out_dim = 2 * hidden
+        self._set_frozen(freeze)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Features:
         """Encode log-mels ``x`` (B, n_mels, T); ``mask`` (B, T) is True on real frames.

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from mmtrain.contracts import Features
+from mmtrain.encoders import FreezableEncoder
 from mmtrain.encoders.transformer import MaskedTransformer
 
 
@@ -44,7 +45,7 @@ def run_packed(rnn: nn.RNNBase, emb: Tensor, mask: Tensor | None = None) -> Tens
     return out
 
 
-class _RNNTextEncoder(nn.Module):
+class _RNNTextEncoder(FreezableEncoder):
     """Token embedding followed by a recurrent net (``_RNN``) over the real tokens only.
 
     Padding never reaches the RNN (sequences are packed by length, see :func:`run_packed`), so a
@@ -58,6 +59,8 @@ class _RNNTextEncoder(nn.Module):
         bidirectional: run a backward RNN too; ``out_dim`` doubles.
         dropout: dropout on embeddings and between RNN layers.
         pad_id: id of the padding token (its embedding is kept at zero).
+        freeze: fix every weight and keep eval mode (see
+            :class:`~mmtrain.encoders.FreezableEncoder`).
 
     Raises:
         ValueError: for a non-positive size.
@@ -74,6 +77,7 @@ class _RNNTextEncoder(nn.Module):
         bidirectional: bool = True,
         dropout: float = 0.0,
         pad_id: int = 0,
+        freeze: bool = False,
     ) -> None:
         super().__init__()
         _check_positive(
@@ -90,6 +94,7 @@ class _RNNTextEncoder(nn.Module):
             dropout=dropout if num_layers > 1 else 0.0,
         )
         self.out_dim = hidden_dim * (2 if bidirectional else 1)
+        self._set_frozen(freeze)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Features:
         """Encode token ids ``x`` (B, L); ``mask`` (B, L) is True on real tokens."""
@@ -109,7 +114,7 @@ class LSTMTextEncoder(_RNNTextEncoder):
     _RNN = nn.LSTM
 
 
-class TransformerTextEncoder(nn.Module):
+class TransformerTextEncoder(FreezableEncoder):
     """Token embedding + learned positions + a pre-norm Transformer encoder.
 
     Padded tokens are excluded as attention keys and their outputs are zero
@@ -126,6 +131,8 @@ class TransformerTextEncoder(nn.Module):
         max_length: longest text (in tokens) that has a position embedding; keep it at least the
             tokenizer's ``max_length``.
         pad_id: id of the padding token (its embedding is kept at zero).
+        freeze: fix every weight and keep eval mode (see
+            :class:`~mmtrain.encoders.FreezableEncoder`).
 
     Raises:
         ValueError: for a non-positive size, or ``dim`` not divisible by ``num_heads``.
@@ -141,6 +148,7 @@ class TransformerTextEncoder(nn.Module):
         dropout: float = 0.1,
         max_length: int = 256,
         pad_id: int = 0,
+        freeze: bool = False,
     ) -> None:
         super().__init__()
         _check_positive(vocab_size=vocab_size, max_length=max_length)
@@ -155,6 +163,7 @@ class TransformerTextEncoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.max_length = max_length
         self.out_dim = dim
+        self._set_frozen(freeze)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Features:
         """Encode token ids ``x`` (B, L); ``mask`` (B, L) is True on real tokens.
