@@ -43,6 +43,7 @@ examples:
   mmtrain fit -m hparams_search=shapes_optuna   # an Optuna search (resume=true: finish it)
   mmtrain test ckpt_path=outputs/shapes/<date>/<time>/checkpoints/last.ckpt
   mmtrain fit ckpt_path=last                    # resume the newest run of the experiment
+  mmtrain fit init_from=<ckpt> encoder.image.freeze=true  # fine-tune from another run
   mmtrain fit --cfg job                         # print the composed config and exit
 
 `mmtrain <stage> --help` lists the config groups and their options.

@@ -41,6 +41,8 @@ MODEL_KEYS = (
     "model",
 )
 ROBUSTNESS = (None, "missing")
+# What fit's init_from may load: the model's top-level parts.
+INIT_PARTS = ("encoders", "fusion", "heads", "loss_weighting")
 INPUT_DATASET = "mmtrain.data.folder.InputFolderDataset"  # predict ... input=<file or folder>
 SINGLE_DATAMODULE = "mmtrain.data.datamodule.MultimodalDataModule"  # predict input= on data=multi
 
@@ -58,27 +60,85 @@ def _load_failure(err: Exception) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, mmap: bool = False, key: str = "ckpt_path") -> dict[str, Any]:
     """Load a checkpoint safely (``weights_only=True``) and check it is one of ours.
 
     Args:
         path: the file.
         mmap: map the file instead of reading it (a cheap check before the real load).
+        key: the config key that named the file, for the messages.
 
     Raises:
         MMTrainError: if the file is missing, unreadable, or carries no mmtrain config.
     """
     path = Path(path)
     if not path.is_file():
-        raise MMTrainError(f"ckpt_path: checkpoint not found: {path}")
+        raise MMTrainError(f"{key}: checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # corrupt zip, foreign pickle: never unpickle arbitrary objects
         reason = _load_failure(err)
-        raise MMTrainError(f"ckpt_path: cannot load checkpoint {path}: {reason}") from None
+        raise MMTrainError(f"{key}: cannot load checkpoint {path}: {reason}") from None
     if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:
-        raise MMTrainError(f"ckpt_path: {path} is not an mmtrain checkpoint (no stored config)")
+        raise MMTrainError(f"{key}: {path} is not an mmtrain checkpoint (no stored config)")
     return ckpt
+
+
+def _in_parts(name: str, parts: list[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in parts)
+
+
+def _init_parts(cfg: DictConfig) -> list[str]:
+    """``init_parts``: names of the model's parts (``encoders``, ``encoders.text``, ``fusion``,
+    ``heads.caption``...), checked for their form."""
+    parts = cfg.get("init_parts")
+    parts = [parts] if isinstance(parts, str) else list(parts or [])
+    if not parts or not all(
+        isinstance(p, str) and p and p.split(".")[0] in INIT_PARTS for p in parts
+    ):
+        raise MMTrainError(
+            f"init_parts={parts!r}: list parts of the model, each under one of "
+            f"{', '.join(INIT_PARTS)} (e.g. [encoders] or [encoders.image, fusion])"
+        )
+    return parts
+
+
+def init_from_checkpoint(
+    model: pl.LightningModule, stored: dict[str, Any], parts: list[str], path: str
+) -> int:
+    """Load the weights of ``parts`` of ``model`` (fit's ``init_from``) from a checkpoint's
+    ``state_dict``; the other weights keep their initialisation.
+
+    Every weight of the named parts must be in the checkpoint with the same shape: a partial
+    load would train from a silently mixed start.
+
+    Returns:
+        The number of tensors loaded.
+
+    Raises:
+        MMTrainError: naming the part or the first weights that do not fit.
+    """
+    own = model.state_dict()
+    for part in parts:
+        if not any(_in_parts(k, [part]) for k in own):
+            have = sorted({".".join(k.split(".")[:2]) for k in own if _in_parts(k, INIT_PARTS)})
+            raise MMTrainError(
+                f"init_parts: {part!r} is not a part of the configured model "
+                f"(it has {', '.join(have)})"
+            )
+    chosen = {k: v for k, v in own.items() if _in_parts(k, parts)}
+    picked = {k: stored[k] for k in chosen if k in stored}
+    fits = len(picked) == len(chosen) and all(
+        tuple(picked[k].shape) == tuple(v.shape) for k, v in chosen.items()
+    )
+    if not fits:
+        raise MMTrainError(
+            f"init_from: {path} does not fit init_parts={parts} of the configured model: "
+            f"{_state_mismatch(chosen, picked)}"
+            + ("; list in init_parts only parts it has" if len(picked) < len(chosen) else "")
+        )
+    model.load_state_dict(picked, strict=False)
+    return len(picked)
 
 
 def _state_mismatch(model: dict[str, Any], stored: dict[str, Any]) -> str:
@@ -284,12 +344,26 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
                 if key in cfg.data:
                     cfg.data[key] = None
     check_config(cfg, list(cfg.get("allowed_targets") or []))
+    init, init_parts = None, []
+    if stage == "fit" and cfg.get("init_from"):
+        init_parts = _init_parts(cfg)
+        if ckpt is not None:  # resuming restores every weight: the start point is not read
+            log.info("resuming from %s: init_from=%s is not read", ckpt_path, cfg.init_from)
+        else:
+            init = load_checkpoint(cfg.init_from, key="init_from")
 
     pl.seed_everything(cfg.get("seed", 0), workers=True)
     out_dir = Path(cfg.paths.output_dir)
     datamodule = build_datamodule(cfg)
     if ckpt is not None:
         datamodule.load_state_dict(ckpt[CHECKPOINT_KEY].get("data") or {})
+    elif init is not None and any(
+        p == "encoders" or _in_parts(p, ["encoders.text"]) for p in init_parts
+    ):
+        # Token ids must mean what they meant to the loaded text encoder: its vocabulary.
+        text = (init[CHECKPOINT_KEY].get("data") or {}).get("text")
+        if text:
+            datamodule.load_state_dict({"text": text})
     datamodule.prepare_data()
     datamodule.setup(stage)
     model = build_module(cfg, datamodule.facts(), config_yaml)
@@ -301,6 +375,9 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
                 f"ckpt_path: {ckpt_path} does not fit the configured model: "
                 f"{_state_mismatch(model.state_dict(), ckpt['state_dict'])}"
             ) from None
+    if init is not None:
+        count = init_from_checkpoint(model, init["state_dict"], init_parts, cfg.init_from)
+        log.info("init_from: %d tensors of %s from %s", count, ", ".join(init_parts), cfg.init_from)
     trainer = build_trainer(cfg)
 
     if stage == "fit":
