@@ -34,16 +34,6 @@ def pretrained_state(arch: str) -> dict[str, Tensor]:
     return torch.load(file, map_location="cpu", weights_only=True)
 
 
-class _TorchvisionTrunk(FreezableEncoder):
-    """A torchvision trunk; frozen, it runs without recording the autograd graph."""
-
-    trunk: nn.Module
-
-    def _run(self, x: Tensor) -> Tensor:
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
-            return self.trunk(x)
-
-
 def _grid_to_tokens(grid: Tensor) -> Features:
     # (B, D, h, w) -> (B, h*w, D): every spatial cell is a token, none is padding.
     return Features(grid.flatten(2).transpose(1, 2), None)
@@ -91,7 +81,7 @@ class SmallCNNEncoder(FreezableEncoder):
         return Features(self.dropout(tokens), None)
 
 
-class ResNetEncoder(_TorchvisionTrunk):
+class ResNetEncoder(FreezableEncoder):
     """A torchvision ResNet trunk (no pooling, no classifier) giving 2-D grid tokens.
 
     Args:
@@ -119,7 +109,7 @@ class ResNetEncoder(_TorchvisionTrunk):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Features:
         """Encode images; ``mask`` is unused."""
-        return _grid_to_tokens(self._run(x))  # (B, D, H/32, W/32) -> (B, HW/1024, D)
+        return _grid_to_tokens(self.trunk(x))  # (B, D, H/32, W/32) -> (B, HW/1024, D)
 
 
 class _ViTTokens(nn.Module):
@@ -136,7 +126,7 @@ class _ViTTokens(nn.Module):
         return self.vit.encoder(torch.cat([cls, tokens], dim=1))  # (B, 1 + N, D)
 
 
-class ViTEncoder(_TorchvisionTrunk):
+class ViTEncoder(FreezableEncoder):
     """A torchvision Vision Transformer (ViT-B/16 by default): the class token and one token per
     16x16 patch.
 
@@ -174,4 +164,4 @@ class ViTEncoder(_TorchvisionTrunk):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Features:
         """Encode images ``(B, 3, S, S)`` into ``(B, 1 + (S/16)^2, D)`` tokens."""
-        return Features(self._run(x), None)
+        return Features(self.trunk(x), None)
