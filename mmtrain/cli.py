@@ -16,6 +16,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from mmtrain.config import (
+    as_typed,
+    config_dir,
+    target_arguments,
+    target_parameters,
+    without_plain_keys,
+)
+
 STAGES = ("fit", "validate", "test", "predict")
 STAGE_ENV = "MMTRAIN_STAGE"  # the stage, for DDP worker processes that re-run the command
 # What Lightning's DDP launcher sets in the launching process (see _end_distributed).
@@ -48,13 +56,6 @@ examples:
 
 `mmtrain <stage> --help` lists the config groups and their options.
 """
-
-
-def config_dir() -> Path:
-    """The config tree: inside the installed wheel, or ``configs/`` at the repo root."""
-    package = Path(__file__).resolve().parent
-    shipped = package / "configs"
-    return shipped if shipped.is_dir() else package.parent / "configs"
 
 
 def _flatten(node: Any, prefix: str = "") -> list[str]:
@@ -115,10 +116,44 @@ def suggest_keys(stage: str, overrides: list[str]) -> list[str]:
         node = OmegaConf.select(base, parent, default=None) if parent else base
         known_key = isinstance(node, DictConfig) and leaf in list(node)  # a "???" value too
         if "/" not in key and not known_key:
-            close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+            # the arguments of the node's _target_ can be set too (mmtrain.config)
+            arguments = target_parameters(node, list(base.get("allowed_targets") or [])) or []
+            close = difflib.get_close_matches(
+                key, known + [f"{parent}.{a}" for a in arguments], n=1, cutoff=0.8
+            )
             if close:
                 lines.append(f"mmtrain: unknown key '{key}'; did you mean '{close[0]}'?")
     return lines
+
+
+def plain_target_arguments(stage: str, argv: list[str]) -> dict[str, str]:
+    """The plain overrides of ``argv`` that set an argument of a node's ``_target_`` missing
+    from the YAML (``trainer.fast_dev_run=true``): ``{as typed: with the "+" Hydra needs}``.
+
+    The config is composed (no torch) without the plain ``key=value`` overrides, so that a
+    sweep over them (``-m trainer.max_steps=1,2``) is checked too; nothing when it does not
+    compose (Hydra then reports the problem itself). See :mod:`mmtrain.config`.
+    """
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        args = get_args_parser().parse_args(argv)
+    except (Exception, SystemExit):
+        return {}
+    if not any("." in o.partition("=")[0] for o in args.overrides):
+        return {}
+    base = type(args)(**{**vars(args), "overrides": without_plain_keys(args.overrides)})
+    return target_arguments(args.overrides, _compose(stage, base, multirun=args.multirun))
+
+
+def _overrides_of(argv: list[str]) -> list[str]:
+    """The overrides among ``argv`` (not Hydra's options and their values: ``--cfg job``)."""
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        return list(get_args_parser().parse_args(argv).overrides)
+    except (Exception, SystemExit):
+        return [a for a in argv if not a.startswith("-")]
 
 
 def _quote(value: str) -> str:
@@ -244,16 +279,21 @@ def resume_last(stage: str, argv: list[str]) -> list[str]:
     cfg = _compose(stage, args, multirun=False)
     if cfg is None:
         return []
+    given = [o for o in parsed if o.key_or_group == "hydra.run.dir" and not o.is_delete()]
+    run_dir = Path(str(given[-1].value())) if given else None
     root = Path(str(cfg.paths.log_dir)) / str(cfg.name)
     # run directories are <log_dir>/<name>/<date>/<time>/ (multirun/ holds sweeps: not these)
     found = sorted(
         (p for p in root.glob("*/*/checkpoints/last.ckpt") if p.parts[-4] != "multirun"),
         key=lambda p: (p.parent.parent.parent.name, p.parent.parent.name),
     )
+    if run_dir is not None and (run_dir / "checkpoints" / "last.ckpt").is_file():
+        found.append(run_dir / "checkpoints" / "last.ckpt")  # the run directory named wins
     if not found:
+        named = f", nor in hydra.run.dir={run_dir}" if run_dir is not None else ""
         print(
             f"mmtrain {stage}: error: ckpt_path=last: no run of experiment {cfg.name!r} with "
-            f"checkpoints/last.ckpt under {root}",
+            f"checkpoints/last.ckpt under {root}{named}",
             file=sys.stderr,
         )
         sys.exit(1)
@@ -269,7 +309,7 @@ def resume_last(stage: str, argv: list[str]) -> list[str]:
             sys.exit(1)
     print(f"mmtrain {stage}: ckpt_path=last is {last}", flush=True)
     extra = [f"ckpt_path={_quote(str(last))}"]
-    if stage == "fit":  # the same run directory: checkpoints, logs and metrics continue there
+    if stage == "fit" and run_dir is None:  # the same run directory: checkpoints, logs...
         extra.append(f"hydra.run.dir={_quote(str(last.parent.parent))}")
     return extra
 
@@ -494,6 +534,9 @@ def main(argv: list[str] | None = None) -> Any:
 
     import hydra
 
+    # trainer.fast_dev_run=true: Hydra needs a "+" for an argument that the YAML does not list
+    added = plain_target_arguments(stage, rest)
+    rest = [added.get(a, a) for a in rest]
     started = False
     extra, previous = resume_sweep(stage, rest)
     extra += resume_last(stage, rest)
@@ -504,7 +547,7 @@ def main(argv: list[str] | None = None) -> Any:
         started = True
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
-        from omegaconf import open_dict, read_write
+        from omegaconf import OmegaConf, open_dict, read_write
 
         # Lightning's DDP re-runs this command once per extra process with
         # hydra.run.dir=<this hydra.run.dir>: make that the job's own output directory (with a
@@ -512,6 +555,11 @@ def main(argv: list[str] | None = None) -> Any:
         hydra_cfg = HydraConfig.get()
         with read_write(hydra_cfg), open_dict(hydra_cfg):
             hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+            if added:  # .hydra/overrides.yaml: the overrides as the user typed them
+                hydra_cfg.overrides.task = as_typed(list(hydra_cfg.overrides.task), added)
+        if added and hydra_cfg.output_subdir is not None:
+            folder = Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir
+            OmegaConf.save(hydra_cfg.overrides.task, folder / "overrides.yaml")
         os.environ[STAGE_ENV] = stage
         if hydra_cfg.mode == RunMode.MULTIRUN:  # the workers run this job, not the sweep
             sys.argv = [script, *config_args, *hydra_cfg.overrides.task]
@@ -550,7 +598,7 @@ def main(argv: list[str] | None = None) -> Any:
         return hydra_main(task)()
     except SystemExit as exit_:
         if not started and exit_.code not in (0, None):
-            for line in suggest_keys(stage, [a for a in rest if not a.startswith("-")]):
+            for line in suggest_keys(stage, _overrides_of(rest)):
                 print(line, file=sys.stderr)
         raise
 

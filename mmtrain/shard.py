@@ -171,14 +171,12 @@ def compose(preset: str, overrides: list[str]) -> Any:
         MMTrainError: for an unknown preset, an override that does not apply, or a data
             preset without a single data set.
     """
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from mmtrain.cli import config_dir, suggest_keys
+    from mmtrain.cli import suggest_keys
+    from mmtrain.config import compose, config_dir
     from mmtrain.errors import MMTrainError
 
     presets = sorted(p.stem for p in (config_dir() / "data").glob("*.yaml"))
@@ -188,19 +186,14 @@ def compose(preset: str, overrides: list[str]) -> Any:
         raise MMTrainError(
             f"unknown data preset {preset!r}{hint} (choose from {', '.join(presets)})"
         )
-    GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(str(config_dir()), version_base="1.3"):
-            cfg = hydra_compose("fit", overrides=[f"data={preset}", *overrides])
+        cfg = compose("fit", [f"data={preset}", *overrides])
     except (HydraException, OmegaConfBaseException) as err:
         message = str(err).strip().splitlines()[0]
-        GlobalHydra.instance().clear()
         hints = suggest_keys("fit", [f"data={preset}", *overrides])
         if hints:  # "mmtrain: unknown key 'data.rot'; did you mean 'data.root'?"
             message = f"{message.rstrip('.')}: {hints[0].removeprefix('mmtrain: ')}"
         raise MMTrainError(message) from None
-    finally:
-        GlobalHydra.instance().clear()
     data = cfg.data
     if "dataset" not in data:
         raise MMTrainError(

@@ -90,8 +90,8 @@ TRAINING_ONLY = (
     "callbacks=none",
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
-    "+trainer.num_sanity_val_steps=0",
-    "+trainer.limit_val_batches=0",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.limit_val_batches=0",
 )
 FIT_OVERRIDES = (
     "experiment=shapes",
@@ -304,28 +304,11 @@ def step_timer(
 
 
 def compose_fit_config(overrides: list[str], output_dir: str) -> Any:
-    """``mmtrain fit <overrides>`` composed in-process, as ``tests/conftest.py`` does: the
-    ``hydra`` node resolved for ``paths.output_dir`` and dropped, as Hydra hands it to run()."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    """``mmtrain fit <overrides>`` composed in-process, as the tests do (the config that Hydra
+    hands to run(): :func:`mmtrain.config.task_config`)."""
+    from mmtrain.config import task_config
 
-    from mmtrain.cli import config_dir
-
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(str(config_dir()), version_base="1.3"):
-            cfg = compose("fit", overrides=list(overrides), return_hydra_config=True)
-    finally:
-        GlobalHydra.instance().clear()
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = output_dir
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+    return task_config("fit", overrides, output_dir)
 
 
 def plain_worker(spec_path: str) -> None:
@@ -469,7 +452,7 @@ def run_pair(
     profile: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """One ``mmtrain fit`` and one plain loop (``first`` runs first); their records."""
-    overrides = [*FIT_OVERRIDES, *args.shapes_overrides, f"+trainer.max_steps={args.steps}"]
+    overrides = [*FIT_OVERRIDES, *args.shapes_overrides, f"trainer.max_steps={args.steps}"]
     records: dict[str, dict[str, Any]] = {}
     for kind in (first, "plain" if first == "mmtrain" else "mmtrain"):
         name = f"{tag}_{kind}"
@@ -581,7 +564,7 @@ def bench_training(args: argparse.Namespace, env: dict[str, str], runs: Path) ->
         med[kind]["best_of_rounds_s"] = best_of_rounds(steps[kind])
     section = {
         "model": "configs/fit.yaml defaults, experiment=shapes (the full default model)",
-        "overrides": [*FIT_OVERRIDES, *args.shapes_overrides, f"+trainer.max_steps={args.steps}"],
+        "overrides": [*FIT_OVERRIDES, *args.shapes_overrides, f"trainer.max_steps={args.steps}"],
         "steps": args.steps,
         "warmup": args.warmup,
         "timed": f"steps {args.warmup + 1}..{args.steps}: end of step {args.warmup} to end of "
@@ -967,7 +950,7 @@ def bench_feature_cache(args: argparse.Namespace, env: dict[str, str], runs: Pat
         "experiment=coco_caption",
         f"data.root={json.dumps(str(root))}",
         "encoder.image.freeze=true",
-        "+data.image.augment=false",  # cached features are those of the evaluation transform
+        "data.image.augment=false",  # cached features are those of the evaluation transform
         f"data.image.size={args.cache_size}",
         f"data.batch_size={args.cache_batch_size}",
         "data.num_workers=0",

@@ -46,16 +46,13 @@ import numpy as np
 import PIL
 import torch
 import torchvision
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from mmtrain.build import build_datamodule, build_module
-from mmtrain.cli import config_dir
+from mmtrain.config import task_config
 from mmtrain.data.datamodule import MultimodalDataModule
 from mmtrain.data.transforms.image import IMAGENET_MEAN, IMAGENET_STD
 from mmtrain.module import MultimodalModule
@@ -169,17 +166,9 @@ def data_root(path: str | None, n_train: int, n_val: int, seed: int) -> Iterator
 # ---- configs and parts -----------------------------------------------------------------------
 def compose_fit(root: str, *overrides: str) -> DictConfig:
     """``mmtrain fit experiment=coco_caption data.root=<root> overrides``, composed in-process."""
-    GlobalHydra.instance().clear()
     args = ["experiment=coco_caption", f"data.root={json.dumps(root)}", *overrides]
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        cfg = compose("fit", overrides=args, return_hydra_config=True)
-    GlobalHydra.instance().clear()
-    with open_dict(cfg):  # resolve ${hydra:runtime.output_dir} as a real run would
-        cfg.hydra.runtime.output_dir = tempfile.gettempdir()
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
+    cfg = task_config("fit", args, tempfile.gettempdir())
     with open_dict(cfg):
-        del cfg["hydra"]
         if "pretrained" in cfg.encoder.image:  # never download weights
             cfg.encoder.image.pretrained = False
     check_config(cfg, list(cfg.get("allowed_targets") or []))
@@ -314,7 +303,7 @@ def bench_loading(root: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for workers in args.workers:
         row: dict[str, Any] = {"num_workers": workers}
-        for name, extra in (("mmtrain", []), ("mmtrain_noaug", ["+data.image.augment=false"])):
+        for name, extra in (("mmtrain", []), ("mmtrain_noaug", ["data.image.augment=false"])):
             overrides = [f"data.batch_size={args.batch_size}", f"data.num_workers={workers}"]
             dm = datamodule(compose_fit(root, *overrides, *extra))
             seed_all(args.seed)

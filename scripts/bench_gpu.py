@@ -525,7 +525,7 @@ def run_mode(
         f"trainer.precision={args.precision}",
         f"data.batch_size={args.batch_size}",
         f"data.num_workers={args.workers}",
-        f"+trainer.max_steps={args.steps}",
+        f"trainer.max_steps={args.steps}",
         f"seed={args.seed}",
         f"model.compile={'true' if mode == 'compile' else 'false'}",
         *(SMOKE_OVERRIDES if args.smoke else ()),

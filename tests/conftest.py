@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from mmtrain.cli import config_dir  # cheap: no torch
+from mmtrain.config import config_dir  # cheap: no torch
 
 CONFIG_DIR = config_dir()
 
@@ -151,24 +150,11 @@ def tiny_data(session_dirs: dict[str, Path]) -> Path:
 
 # ---- configs ----------------------------------------------------------------------------------
 def compose_cfg(*overrides: str, stage: str = "fit", output_dir: Path | None = None) -> DictConfig:
-    """Compose a stage's config as ``mmtrain <stage> overrides`` would hand it to ``run``.
+    """Compose a stage's config as ``mmtrain <stage> overrides`` would hand it to ``run``
+    (``paths.output_dir`` is ``output_dir``; see :func:`mmtrain.config.task_config`)."""
+    from mmtrain.config import task_config
 
-    ``HydraConfig`` is set so ``${hydra:runtime.output_dir}`` (``paths.output_dir``) resolves to
-    ``output_dir``; the ``hydra`` node is then dropped, as Hydra does for the task function.
-    """
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose(stage, overrides=list(overrides), return_hydra_config=True)
-    finally:
-        GlobalHydra.instance().clear()
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir) if output_dir else "${hydra:run.dir}"
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+    return task_config(stage, overrides, output_dir)
 
 
 @pytest.fixture

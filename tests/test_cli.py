@@ -134,7 +134,7 @@ _NO_TORCH_SCRIPT = textwrap.dedent(
                 return exit_.code
 
     codes = [call("--help"), call("fit", "--cfg", "job"), call("fit", "--help"),
-             call("fit", "trainer.max_epochz=3"), call("fit", "fusion=nope")]
+             call("fit", "paths.log_dirr=x"), call("fit", "fusion=nope")]
     with initialize_config_dir(str(mmtrain.cli.config_dir()), version_base="1.3"):
         compose("fit", overrides=["~encoder/audio"])
     print(json.dumps({"codes": codes, "heavy": [m for m in heavy if m in sys.modules]}))
@@ -143,7 +143,10 @@ _NO_TORCH_SCRIPT = textwrap.dedent(
 
 
 def test_help_and_config_composition_import_no_torch(scratch):
-    """`import mmtrain`, --help, --cfg job, config errors: no torch, no Lightning (fast)."""
+    """`import mmtrain`, --help, --cfg job, config errors: no torch, no Lightning (fast).
+
+    (A key that the YAML does not list, under a node with a ``_target_``, imports that target
+    to check its signature: ``trainer.max_steps=100`` imports Lightning, as the run will.)"""
     proc = _run(
         [_NO_TORCH_SCRIPT, json.dumps(HEAVY_MODULES)],
         scratch["cwd"],
@@ -196,6 +199,50 @@ def test_cfg_job_prints_the_composed_config(scratch):
     assert not any(scratch["cwd"].iterdir()), "--cfg job wrote files into the working directory"
 
 
+# What Lightning users type: Trainer and optimizer arguments that the YAML does not list.
+TARGET_ARGUMENTS = {
+    "trainer.fast_dev_run": "true",
+    "trainer.max_steps": "100",
+    "trainer.limit_train_batches": "0.1",
+    "trainer.val_check_interval": "0.5",
+    "trainer.profiler": "simple",
+    "optimizer.betas": "[0.9,0.95]",
+}
+
+
+def test_any_argument_of_a_target_is_set_without_plus(scratch):
+    args = [f"{key}={value}" for key, value in TARGET_ARGUMENTS.items()]
+    proc = mmtrain(scratch, "fit", "--cfg", "job", *args)
+    assert proc.returncode == 0, _explain(proc)
+    cfg = yaml.safe_load(proc.stdout)
+    for key, value in TARGET_ARGUMENTS.items():
+        node, leaf = key.split(".")
+        assert cfg[node][leaf] == yaml.safe_load(value), key
+
+
+def test_an_unknown_argument_gets_a_did_you_mean_from_the_signature(scratch):
+    proc = mmtrain(scratch, "fit", "--cfg", "job", "trainer.fast_dev_runn=true")
+    assert proc.returncode != 0, _explain(proc)
+    assert "did you mean 'trainer.fast_dev_run'?" in proc.stderr, _explain(proc)
+
+
+def test_the_run_records_the_overrides_as_typed(scratch, tiny_data):
+    run_dir = scratch["out"] / "typed"
+    typed = ["trainer.fast_dev_run=true", "optimizer.betas=[0.9,0.95]", *TINY_DATA, *QUIET]
+    proc = mmtrain(scratch, "fit", *typed, f"hydra.run.dir={run_dir}", timeout=300)
+    assert proc.returncode == 0, _explain(proc)
+    recorded = yaml.safe_load((run_dir / ".hydra/overrides.yaml").read_text())
+    assert recorded == typed, recorded  # hydra.run.dir is Hydra's own, in hydra.yaml
+    config = yaml.safe_load((run_dir / ".hydra/config.yaml").read_text())
+    assert config["trainer"]["fast_dev_run"] is True
+    assert config["optimizer"]["betas"] == [0.9, 0.95]
+
+
+def test_in_process_composition_takes_target_arguments_too(compose_config):
+    cfg = compose_config("trainer.max_steps=7", "data.batch_size=3")
+    assert cfg.trainer.max_steps == 7 and cfg.data.batch_size == 3
+
+
 def test_override_typo_gets_did_you_mean(scratch):
     proc = mmtrain(scratch, "fit", "trainer.max_epochz=3")
     assert proc.returncode != 0, _explain(proc)
@@ -209,7 +256,9 @@ def test_did_you_mean_knows_the_keys_of_the_chosen_presets():
     from mmtrain.cli import suggest_keys
 
     chosen = ["experiment=coco_caption", "data.root=/x", "data.tokenizers.caption.min_freq=1"]
-    assert suggest_keys("fit", [*chosen, "data.image.augmentt=false"]) == []
+    assert suggest_keys("fit", [*chosen, "data.image.augmentt=false"]) == [  # its signature's
+        "mmtrain: unknown key 'data.image.augmentt'; did you mean 'data.image.augment'?"
+    ]
     assert suggest_keys("fit", [*chosen[:2], "data.tokenizers.caption.min_fre=1"]) == [
         "mmtrain: unknown key 'data.tokenizers.caption.min_fre'; "
         "did you mean 'data.tokenizers.caption.min_freq'?"

@@ -28,7 +28,7 @@ from mmtrain.run import run
 FROZEN = [
     "encoder/image=resnet18",
     "encoder.image.freeze=true",
-    "+data.image.augment=false",
+    "data.image.augment=false",
     "trainer.max_epochs=2",
     "trainer.log_every_n_steps=1",
     "callbacks=none",
@@ -71,7 +71,7 @@ def test_a_shared_cache_is_reused_and_a_changed_encoder_gets_its_own(
     run("fit", compose_config(*shared, "seed=7", output_dir=tmp_path / "c"))
     assert len(list((tmp_path / "cache").glob("*/train/image/meta.json"))) == 2
     # other preprocessing, even a setting kept only inside torchvision's Normalize: another
-    run("fit", compose_config(*shared, "+data.image.std=[0.5,0.5,0.5]", output_dir=tmp_path / "d"))
+    run("fit", compose_config(*shared, "data.image.std=[0.5,0.5,0.5]", output_dir=tmp_path / "d"))
     assert len(list((tmp_path / "cache").glob("*/train/image/meta.json"))) == 3
 
 

@@ -23,7 +23,7 @@ def pretrained(tiny_data, tmp_path_factory) -> Path:
     """A pretraining run's last checkpoint; its text vocabulary is capped at 3 words, so a run
     that builds its own (larger) one has a text encoder of another shape."""
     out = tmp_path_factory.mktemp("pretrain")
-    run("fit", compose_cfg(*BASE, "+data.text.max_vocab=3", output_dir=out))
+    run("fit", compose_cfg(*BASE, "data.text.max_vocab=3", output_dir=out))
     return out / "checkpoints/last.ckpt"
 
 
@@ -40,7 +40,7 @@ def test_frozen_loaded_encoders_train_from_the_cache_with_the_losses_of_training
 ):
     """All three modalities: images (no padding), text (GRU over padded tokens) and audio (mel
     CNN over padded frames) are cached, ragged, and give the losses of the uncached run."""
-    fine = [*BASE, f"init_from={pretrained}", *FROZEN, "+data.image.augment=false"]
+    fine = [*BASE, f"init_from={pretrained}", *FROZEN, "data.image.augment=false"]
     plain = run("fit", compose_cfg(*fine, output_dir=tmp_path / "plain"))
     cached = run("fit", compose_cfg(*fine, "data.cache_features=true", output_dir=tmp_path / "c"))
     losses = {k: v for k, v in plain.items() if "/loss" in k}
@@ -66,7 +66,7 @@ def test_only_the_listed_parts_are_loaded(pretrained, tmp_path):
     from mmtrain.build import build_datamodule, build_module
     from mmtrain.run import init_from_checkpoint
 
-    cfg = compose_cfg(*BASE, "+data.text.max_vocab=3", output_dir=tmp_path)
+    cfg = compose_cfg(*BASE, "data.text.max_vocab=3", output_dir=tmp_path)
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
     model = build_module(cfg, datamodule.facts())

@@ -29,8 +29,8 @@ from mmtrain.utils.loggers import (
 
 SHORT = [
     "trainer.max_epochs=1",
-    "+trainer.limit_train_batches=2",
-    "+trainer.limit_val_batches=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
     *TINY_DATA,
     *QUIET,
 ]
@@ -248,7 +248,7 @@ def test_sample_predictions_do_not_change_training(compose_config, tiny_data, tm
 
     from mmtrain.run import run
 
-    short = ["trainer.max_epochs=2", "+trainer.limit_train_batches=3", *TINY_DATA, *QUIET]
+    short = ["trainer.max_epochs=2", "trainer.limit_train_batches=3", *TINY_DATA, *QUIET]
     with_samples = run("fit", compose_config(*short, output_dir=tmp_path / "a"))
     without = run(
         "fit", compose_config(*short, "~callbacks.sample_predictions", output_dir=tmp_path / "b")

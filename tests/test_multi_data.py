@@ -207,10 +207,10 @@ def test_multitask_fit_logs_every_weight_each_step(compose_config, tiny_data, tm
         "loss_weighting=gradnorm",
         "loss_weighting.lr=0.2",
         *TINY_MULTI,
-        "+trainer.limit_train_batches=4",
+        "trainer.limit_train_batches=4",
         "trainer.max_epochs=1",
         "trainer.log_every_n_steps=1",
-        "+trainer.limit_val_batches=1",
+        "trainer.limit_val_batches=1",
         *QUIET,
         output_dir=tmp_path,
     )
@@ -230,7 +230,7 @@ def test_test_predictions_of_several_data_sets_name_their_source(
     compose_config, tiny_data, tmp_path
 ) -> None:
     experiment = ["experiment=shapes_multitask", *TINY_MULTI, *QUIET]
-    short = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2"]
+    short = ["trainer.max_epochs=1", "trainer.limit_train_batches=2"]
     run("fit", compose_config(*experiment, *short, output_dir=tmp_path / "fit"))
     ckpt = tmp_path / "fit/checkpoints/last.ckpt"
     test = compose_config(

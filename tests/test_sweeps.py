@@ -26,6 +26,7 @@ FAILING_SWEEP = [
     "model.modality_dropout=0.0,0.5,1.5",
     "debug=limit",
     "trainer.max_epochs=1",
+    "trainer.num_sanity_val_steps=0",  # a Trainer argument the YAML does not list: no "+"
     *TINY_DATA,
     *QUIET,
 ]
@@ -121,6 +122,10 @@ def test_a_failed_job_does_not_stop_the_sweep(failing_sweep):
         "2": "1.5",
     }
     assert "modality_dropout must be in" in rows[-1]["error"]
+    # .hydra/overrides.yaml records what the user typed (sweep resume matches on it)
+    typed = yaml.safe_load((sweep / "0/.hydra/overrides.yaml").read_text())
+    assert "trainer.num_sanity_val_steps=0" in typed, typed
+    assert all(r["trainer.num_sanity_val_steps"] == "0" for r in rows)
     assert all(r["val/label/accuracy"] for r in rows[:2])
 
 
