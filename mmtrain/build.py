@@ -11,6 +11,7 @@ the tokenizer and vocabulary of its text target).
 from __future__ import annotations
 
 import inspect
+import logging
 import sys
 from importlib.util import find_spec
 from typing import Any
@@ -25,6 +26,8 @@ from mmtrain.data.datamodule import MultimodalDataModule
 from mmtrain.errors import MMTrainError
 from mmtrain.module import MultimodalModule
 from mmtrain.utils.instantiate import safe_instantiate
+
+log = logging.getLogger(__name__)
 
 
 def _allowed(cfg: DictConfig) -> list[str]:
@@ -141,6 +144,15 @@ NEEDS = (
 )
 
 
+def _on_cpu(node: DictConfig) -> bool:
+    """Whether the trainer runs on CPU processes: ``accelerator: cpu``, or ``auto`` without a
+    GPU."""
+    import torch
+
+    accelerator = str(node.get("accelerator", "auto"))
+    return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+
+
 def _check_hardware(node: DictConfig) -> None:
     """Fail at once, in one line, when the trainer asks for a package that is not installed.
 
@@ -194,6 +206,10 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
         kwargs["enable_checkpointing"] = False  # callbacks=none: no checkpoints at all
     if not cfg.trainer.get("plugins"):  # checkpoints written atomically (kill -9 safe)
         kwargs["plugins"] = [AtomicCheckpointIO()]
+    if cfg.trainer.get("sync_batchnorm") and _on_cpu(cfg.trainer):
+        # torch's DDP refuses SyncBatchNorm on CPU processes (trainer=ddp_cpu, a laptop)
+        log.info("trainer.sync_batchnorm: off on CPU (torch syncs batch norm on GPUs only)")
+        kwargs["sync_batchnorm"] = False
     _check_hardware(cfg.trainer)
     try:
         trainer = safe_instantiate(

@@ -43,7 +43,46 @@ def test_ckpt_path_last_without_a_run_is_one_clear_error(scratch) -> None:
     assert "Traceback" not in proc.stderr
 
 
-DDP = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
+def test_ckpt_path_last_looks_in_the_run_directory_given(scratch, tiny_data) -> None:
+    """A run directory named on the command line is searched first (it need not be under
+    paths.log_dir), and a changed paths.log_dir is searched too."""
+    short = [*SMALL, "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]
+    run = scratch["out"].parent / "elsewhere" / "run"
+    first = mmtrain(scratch, "fit", *short, "trainer.max_epochs=1", f"hydra.run.dir={run}")
+    assert first.returncode == 0, _explain(first)
+    again = [*short, "trainer.max_epochs=2", "ckpt_path=last", f"hydra.run.dir={run}"]
+    resumed = mmtrain(scratch, "fit", *again, timeout=300)
+    assert resumed.returncode == 0, _explain(resumed)
+    assert f"ckpt_path=last is {run / 'checkpoints/last.ckpt'}" in resumed.stdout
+    assert _epochs(run) == {"0", "1"}
+
+    logs = scratch["out"].parent / "logs"
+    first = mmtrain(scratch, "fit", *short, "trainer.max_epochs=1", f"paths.log_dir={logs}")
+    assert first.returncode == 0, _explain(first)
+    (run,) = _run_dirs(logs, "metrics.json")
+    again = [*short, "trainer.max_epochs=2", "ckpt_path=last", f"paths.log_dir={logs}"]
+    resumed = mmtrain(scratch, "fit", *again, timeout=300)
+    assert resumed.returncode == 0, _explain(resumed)
+    assert f"ckpt_path=last is {run / 'checkpoints/last.ckpt'}" in resumed.stdout
+    assert _run_dirs(logs, "metrics.json") == [run] and _epochs(run) == {"0", "1"}
+
+
+def test_ddp_presets_run_two_cpu_processes(scratch, tiny_data) -> None:
+    """Real 2-process DDP runs (gloo) in `make test`, so that the presets cannot rot: the GPU
+    preset moved to CPU (its sync_batchnorm is switched off, in one line) and ddp_cpu."""
+    short = [*SMALL, "trainer.max_epochs=1", "trainer.limit_train_batches=2"]
+    for preset in (["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"],
+                   ["trainer=ddp_cpu"]):  # fmt: skip
+        run = scratch["out"] / preset[0].partition("=")[2]
+        proc = mmtrain(scratch, "fit", *preset, *short, f"hydra.run.dir={run}", timeout=300)
+        assert proc.returncode == 0, _explain(proc)
+        assert "MEMBER: 2/2" in proc.stderr + proc.stdout, _explain(proc)  # two processes
+        assert (run / "metrics.json").is_file() and (run / "checkpoints/last.ckpt").is_file()
+        switched = "trainer.sync_batchnorm: off on CPU" in (run / "mmtrain.log").read_text()
+        assert switched == (preset[0] == "trainer=ddp"), preset
+
+
+DDP = ["trainer=ddp_cpu"]
 
 
 @pytest.mark.slow
