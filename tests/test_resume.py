@@ -141,16 +141,23 @@ def test_runs_stopped_by_signals_resume_bit_for_bit(reference, session_dirs, tmp
     ]
 
 
-def test_sigterm_from_outside_stops_within_seconds_and_resumes(reference, session_dirs, tmp_path):
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_process_group_stops_within_seconds_and_resumes(
+    reference, session_dirs, tmp_path, name
+):
+    """The signal reaches the data-loader workers too (``timeout``, Ctrl-C in a terminal):
+    they ignore it, and the training process finishes its step, writes its checkpoint and
+    exits with 128 + signal; the resumed run continues bit for bit."""
     run_dir, data = tmp_path / "killed", session_dirs["data"]
     proc = _mmtrain(
         [
-            *RUN,
+            *RUN,  # two data-loader workers
             f"+callbacks.probe.record={run_dir}.jsonl",
             "+callbacks.probe.sleep=0.5",  # slow steps: the signal lands in the middle
             f"hydra.run.dir={run_dir}",
         ],
         data,
+        start_new_session=True,  # a process group of its own, as a terminal's job
     )
     record = Path(f"{run_dir}.jsonl")
     deadline = time.monotonic() + 120
@@ -159,11 +166,14 @@ def test_sigterm_from_outside_stops_within_seconds_and_resumes(reference, sessio
     ):
         time.sleep(0.05)
     sent = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, getattr(signal, name))
     out, err = proc.communicate(timeout=60)
     seconds = time.monotonic() - sent
-    assert proc.returncode == 128 + signal.SIGTERM, _explain(proc.returncode, out, err)
+    assert proc.returncode == 128 + getattr(signal, name), _explain(proc.returncode, out, err)
     assert seconds < 10, f"{seconds:.1f} s from the signal to the exit"
+    lines = [ln for ln in err.splitlines() if ln.startswith("mmtrain fit: stopped by")]
+    assert len(lines) == 1 and f"stopped by {name} at step " in lines[0], err
+    assert "DataLoader worker" not in err and "Traceback" not in err, err
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert 3 <= ckpt["global_step"] < 3 * STEPS_PER_EPOCH
     code, out, err = _fit(run_dir, data, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
@@ -378,3 +388,17 @@ def test_ddp_runs_stop_together_and_resume_bit_for_bit(session_dirs, tiny_data, 
     b = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
     assert a["global_step"] == b["global_step"]
     assert all(torch.equal(v, b["state_dict"][k]) for k, v in a["state_dict"].items())
+
+
+def test_ctrl_c_twice_stops_at_once_and_a_forked_worker_leaves_the_signal_alone():
+    from mmtrain.callbacks.resume import ResumeState
+
+    state = ResumeState()
+    state._on_signal(signal.SIGINT, None)  # the first: stop after the step, with a checkpoint
+    assert state._received == signal.SIGINT
+    with pytest.raises(KeyboardInterrupt):  # the second: now
+        state._on_signal(signal.SIGINT, None)
+    forked = ResumeState()
+    forked._pid = os.getpid() + 1  # the handler as a forked data-loader worker inherits it
+    forked._on_signal(signal.SIGTERM, None)
+    assert forked._received is None

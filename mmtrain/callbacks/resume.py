@@ -8,9 +8,12 @@ step and its loaders start after those batches (:mod:`mmtrain.data.sampling`: th
 every sample's augmentation depend on the seed, the epoch and the index only), so it continues
 as the uninterrupted run would have: same batches, same dropout, same losses and weights.
 
-Preemption: on one of ``signals`` (SIGTERM and SIGUSR1 by default) the run finishes its
-current optimizer step, writes ``checkpoints/last.ckpt`` and stops with
-:class:`~mmtrain.errors.Preempted` (the CLI exits with ``128 + signum``). Under SLURM with
+Preemption: on one of ``signals`` (SIGTERM, SIGINT and SIGUSR1 by default) the run finishes
+its current optimizer step, writes ``checkpoints/last.ckpt`` and stops with
+:class:`~mmtrain.errors.Preempted` (the CLI exits with ``128 + signum``). A second Ctrl-C
+(SIGINT) stops at once, without a checkpoint. The data-loader workers ignore these signals,
+so a signal to the whole process group (Ctrl-C, ``timeout``) stops the run the same way
+(:mod:`mmtrain.data.workers`). Under SLURM with
 Lightning's auto-requeue (``SLURMEnvironment``, on by default in a SLURM job), the requeue
 signal (SIGUSR1, ``#SBATCH --signal=SIGUSR1@90``) writes Lightning's ``hpc_ckpt_<n>.ckpt`` in
 the run directory instead and requeues the job (``scontrol requeue``); the requeued job, run
@@ -117,7 +120,9 @@ class ResumeState(Checkpoint):
     """
 
     def __init__(
-        self, signals: list[str] | tuple[str, ...] = ("SIGTERM", "SIGUSR1"), dirpath: str = "."
+        self,
+        signals: list[str] | tuple[str, ...] = ("SIGTERM", "SIGINT", "SIGUSR1"),
+        dirpath: str = ".",
     ) -> None:
         super().__init__()
         unknown = [s for s in signals if not isinstance(getattr(signal, s, None), signal.Signals)]
@@ -132,6 +137,7 @@ class ResumeState(Checkpoint):
         self._loaded: dict[str, Any] | None = None  # the state of the checkpoint resumed from
         self._received: int | None = None  # the signal, once one came
         self._previous: dict[int, Any] = {}  # the handlers replaced
+        self._pid = os.getpid()  # a forked data-loader worker is not the run: it ignores them
 
     # ---- the state in checkpoints ----------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -228,6 +234,7 @@ class ResumeState(Checkpoint):
             self._received, connector.received_sigterm = signal.SIGTERM, False
         if self._previous:
             return
+        self._pid = os.getpid()
         try:
             for signum in self.signals:
                 self._previous[signum] = signal.signal(signum, self._on_signal)
@@ -235,10 +242,16 @@ class ResumeState(Checkpoint):
             self._restore_handlers()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self._pid:  # a data-loader worker, before its worker_init
+            return
+        if signum == signal.SIGINT and self._received == signal.SIGINT:
+            self._restore_handlers()  # Ctrl-C twice: stop now (Lightning exits with 1)
+            raise KeyboardInterrupt
         if self._received is None:
             log.warning(
-                "%s received: stopping after this step with a checkpoint",
+                "%s received: stopping after this step with a checkpoint%s",
                 signal.Signals(signum).name,
+                " (Ctrl-C again: stop now, without one)" if signum == signal.SIGINT else "",
             )
             launcher = getattr(self._trainer.strategy, "launcher", None) if self._trainer else None
             kill = getattr(launcher, "kill", None)

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from mmtrain.contracts import Batch
 from mmtrain.data.collate import collate
 from mmtrain.data.sampling import POSITION, ResumableSampler, SampleKey, seeded
+from mmtrain.data.workers import start_workers, worker_init
 from mmtrain.errors import MMTrainError
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,7 @@ class CheckedDataLoader(DataLoader):
     """
 
     def __init__(self, *args: Any, policy: BadSamplePolicy, **kwargs: Any) -> None:
+        kwargs.setdefault("worker_init_fn", worker_init)  # stop signals: the main process's
         super().__init__(*args, **kwargs)
         self.policy = policy
 
@@ -158,8 +160,9 @@ class CheckedDataLoader(DataLoader):
             self.policy.totals[self.policy.split] = 0
         resumable = isinstance(self.sampler, ResumableSampler)
         position = self.sampler.start_batch() if resumable else 0
+        batches = start_workers(super().__iter__)  # stop signals: mmtrain.data.workers
         try:
-            for batch in super().__iter__():
+            for batch in batches:
                 position += 1
                 if resumable:
                     batch[POSITION] = position
