@@ -175,6 +175,7 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     logged to its loggers as hyperparameters (:func:`mmtrain.utils.loggers.log_run_info`).
     """
     from mmtrain.callbacks.resume import ResumeState
+    from mmtrain.failures import FailurePoint
     from mmtrain.utils.checkpoint_io import AtomicCheckpointIO
     from mmtrain.utils.loggers import log_run_info, prepare_logger_node
 
@@ -187,6 +188,7 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     # ResumeState stops a run on a signal at the end of a step: every other callback sees the
     # step first (Lightning puts the checkpoint callbacks after all of them).
     callbacks.sort(key=lambda c: isinstance(c, ResumeState))
+    callbacks.append(FailurePoint())  # where a failure happened, for its one line
     output_dir = cfg.paths.output_dir
     loggers = [
         safe_instantiate(

@@ -1,5 +1,7 @@
 """What the CLI reports in one line, without a traceback: bad user input (configs, files,
-checkpoints: :class:`MMTrainError`) and a run stopped by a signal (:class:`Preempted`).
+checkpoints: :class:`MMTrainError`), a run ended by its environment (memory, disk, a killed
+worker, a distributed timeout: :class:`RunFailed`) and a run stopped by a signal
+(:class:`Preempted`).
 
 Both exit non-zero; anything else is a programming error and keeps its traceback.
 """
@@ -9,6 +11,12 @@ import signal
 
 class MMTrainError(ValueError):
     """A problem with what the user gave us: a config key, a file, a sample or a checkpoint."""
+
+
+class RunFailed(MMTrainError):
+    """A run ended by its environment, not by a bug: out of memory, a data-loader worker killed
+    from outside, no space left, a distributed timeout (:mod:`mmtrain.failures`). The message
+    says what happened, where, and what to do."""
 
 
 class Preempted(Exception):  # noqa: N818 - a stop, not an error of the program

@@ -7,6 +7,7 @@ import logging
 import math
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from PIL import Image
 from mmtrain.build import build_datamodule, build_module, build_trainer
 from mmtrain.callbacks.resume import requeued_checkpoint
 from mmtrain.errors import MMTrainError
+from mmtrain.failures import FailurePoint, explain
 from mmtrain.module import CHECKPOINT_KEY, REFERENCES
 from mmtrain.utils.config_check import check_config
 
@@ -197,16 +199,24 @@ def _image_id(sample_id: str) -> int | str:
     return int(sample_id) if sample_id.isdigit() else sample_id
 
 
-def _write_predictions(out_dir: Path, split: str, rows: list[dict[str, Any]]) -> list[Path]:
+def _write_predictions(
+    out_dir: Path,
+    split: str,
+    rows: list[dict[str, Any]],
+    normalizers: dict[str, Callable[[str], str]] | None = None,
+) -> list[Path]:
     """Predictions per task in the field's format.
 
     ``caption``: ``predictions/captions_<split>.json`` in the COCO results format
     (``[{"image_id": int, "caption": str}]``); ``answer``: ``predictions/answers_<split>.json``
     in the VQA results format (``[{"question_id": int, "answer": str}]``); ``transcript``:
-    ``predictions/transcripts_<split>.jsonl`` with ``{"id", "reference", "hypothesis"}`` a
-    line; other tasks: ``predictions/<task>_<split>.jsonl`` with ``{"id", "prediction"}``. With
-    several data sets (data=multi) the lines also name the ``source``.
+    ``predictions/transcripts_<split>.jsonl`` with ``{"id", "reference", "hypothesis",
+    "reference_raw"}`` a line, reference and hypothesis as they were scored (``normalizers``:
+    the heads' ``normalize``), so that any WER scorer on the file gives the logged WER; other
+    tasks: ``predictions/<task>_<split>.jsonl`` with ``{"id", "prediction"}``. With several
+    data sets (data=multi) the lines also name the ``source``.
     """
+    normalizers = normalizers or {}
     written = []
     rows = _save_masks(out_dir, split, rows)  # segmentation: PNGs, their paths in the rows
     # data=multi: rows of several data sets (``source``), each with the tasks it has
@@ -230,9 +240,14 @@ def _write_predictions(out_dir: Path, split: str, rows: list[dict[str, Any]]) ->
         lines = []
         for r in with_task:
             line = {"id": r["id"], **({"source": r["source"]} if "source" in r else {})}
-            if task == "transcript":
-                references = r.get(f"{task}{REFERENCES}") or [None]
-                line |= {"reference": references[0], "hypothesis": r[task]}
+            if task == "transcript":  # as scored: the WER of the file is the logged one
+                normalize = normalizers.get(task, str)
+                reference = (r.get(f"{task}{REFERENCES}") or [None])[0]
+                line |= {
+                    "reference": None if reference is None else normalize(reference),
+                    "hypothesis": normalize(r[task]),
+                    "reference_raw": reference,
+                }
             else:
                 line["prediction"] = r[task]
             lines.append(line)
@@ -241,6 +256,13 @@ def _write_predictions(out_dir: Path, split: str, rows: list[dict[str, Any]]) ->
         path.write_text("".join(json.dumps(line) + "\n" for line in lines))
         written.append(path)
     return written
+
+
+def _normalizers(model: Any) -> dict[str, Callable[[str], str]]:
+    """``{task: its head's normalize}``: how the heads that score text compare it."""
+    return {
+        task: head.normalize for task, head in model.heads.items() if hasattr(head, "normalize")
+    }
 
 
 def _save_masks(out_dir: Path, split: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -301,6 +323,30 @@ def _without_each_modality(
         out |= {f"{k}/without_{modality}": v for k, v in _metrics(trainer, (f"{split}/",)).items()}
     model.without = frozenset()
     return out
+
+
+def _run_stage(
+    stage: str, cfg: DictConfig, trainer: pl.Trainer, model: Any, datamodule: Any, ckpt: Any
+) -> tuple[dict[str, float], list[Any]]:
+    """``trainer.<stage>()``: the metrics, and the predicted batches (``predict``)."""
+    batches: list[Any] = []
+    if stage == "fit":
+        trainer.fit(model, datamodule, ckpt_path=ckpt, weights_only=True)
+        metrics = _metrics(trainer, ("val/", "train/"))
+    elif stage == "validate":
+        trainer.validate(model, datamodule)
+        metrics = _metrics(trainer, ("val/",))
+        metrics |= _without_each_modality(cfg, trainer, model, datamodule, "val")
+    elif stage == "test":
+        trainer.test(model, datamodule)
+        metrics = _metrics(trainer, ("test/",))
+        predictions = model.predictions
+        metrics |= _without_each_modality(cfg, trainer, model, datamodule, "test")
+        model.predictions = predictions  # the predictions of the full model
+    else:
+        batches = trainer.predict(model, datamodule) or []
+        metrics = {}
+    return metrics, batches
 
 
 def run(stage: str, cfg: DictConfig) -> dict[str, float]:
@@ -379,23 +425,17 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
         count = init_from_checkpoint(model, init["state_dict"], init_parts, cfg.init_from)
         log.info("init_from: %d tensors of %s from %s", count, ", ".join(init_parts), cfg.init_from)
     trainer = build_trainer(cfg)
-
-    if stage == "fit":
-        trainer.fit(model, datamodule, ckpt_path=ckpt_path, weights_only=True)
-        metrics = _metrics(trainer, ("val/", "train/"))
-    elif stage == "validate":
-        trainer.validate(model, datamodule)
-        metrics = _metrics(trainer, ("val/",))
-        metrics |= _without_each_modality(cfg, trainer, model, datamodule, "val")
-    elif stage == "test":
-        trainer.test(model, datamodule)
-        metrics = _metrics(trainer, ("test/",))
-        predictions = model.predictions
-        metrics |= _without_each_modality(cfg, trainer, model, datamodule, "test")
-        model.predictions = predictions  # the predictions of the full model
-    else:
-        batches = trainer.predict(model, datamodule) or []
-        metrics = {}
+    try:
+        metrics, batches = _run_stage(stage, cfg, trainer, model, datamodule, ckpt_path)
+    except MMTrainError:
+        raise
+    except Exception as err:  # out of memory, a killed worker...: one line; a bug: traceback
+        last = out_dir / "checkpoints" / "last.ckpt" if stage == "fit" else None
+        where = next((c for c in trainer.callbacks if isinstance(c, FailurePoint)), None)
+        failure = explain(err, where, cfg, last)
+        if failure is None:
+            raise
+        raise failure from err
     if getattr(datamodule, "on_error", "raise") == "skip":  # data.on_error=skip: bad samples
         stage_splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
         for key, count in datamodule.skipped.items():  # "train", or "train/<data set>"
@@ -407,7 +447,7 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
         if stage == "fit":  # the vocabulary and class names, readable without torch
             _write_json(out_dir / "data_state.json", datamodule.state_dict())
         if stage == "test":
-            _write_predictions(out_dir, "test", model.predictions)
+            _write_predictions(out_dir, "test", model.predictions, _normalizers(model))
         elif stage == "predict":
             if batches and batches[0] and isinstance(batches[0][0], list):
                 batches = [batch for loader in batches for batch in loader]  # several loaders
@@ -415,6 +455,6 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
             if cfg.get("input"):
                 _write_input_predictions(out_dir, rows)
             else:
-                _write_predictions(out_dir, datamodule.predict_split, rows)
+                _write_predictions(out_dir, datamodule.predict_split, rows, _normalizers(model))
         print(f"run directory: {out_dir.resolve()}", flush=True)
     return metrics

@@ -13,6 +13,7 @@ from test_vqa import write_vqa
 from mmtrain.contracts import Features
 from mmtrain.data.transforms.answers import AnswerVocabulary
 from mmtrain.heads.vqa import VQAHead
+from mmtrain.metrics.vqa import vqa_accuracy
 from mmtrain.run import run
 
 
@@ -88,3 +89,12 @@ def test_fit_and_test_write_the_official_results(compose_config, tmp_path) -> No
     results = json.loads((tmp_path / "test/predictions/answers_test.json").read_text())
     assert results and all(set(r) == {"question_id", "answer"} for r in results)
     assert all(isinstance(r["question_id"], int) and isinstance(r["answer"], str) for r in results)
+    # The official scoring of the file against the annotation file gives the logged accuracy.
+    annotations = json.loads((root / "v2_mscoco_val2014_annotations.json").read_text())
+    humans = {
+        a["question_id"]: [r["answer"] for r in a["answers"]] for a in annotations["annotations"]
+    }
+    assert {r["question_id"] for r in results} == set(humans)
+    scores = [vqa_accuracy(r["answer"], humans[r["question_id"]]) for r in results]
+    expected = sum(scores) / len(scores)
+    assert metrics["test/answer/vqa_accuracy"] == pytest.approx(expected, rel=1e-5)

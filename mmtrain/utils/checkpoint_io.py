@@ -7,12 +7,15 @@ disk), the move is a copy, and a kill during the copy leaves a truncated ``last.
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning_fabric.plugins import TorchCheckpointIO
+
+from mmtrain.failures import no_space
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -57,7 +60,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as err:
             tmp.unlink(missing_ok=True)
+            if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+                raise no_space(path) from err
             raise
         _fsync_dir(path.parent)
