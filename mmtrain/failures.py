@@ -21,6 +21,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.trainer.states import RunningStage
 
+from mmtrain.data.workers import exit_signal
 from mmtrain.errors import RunFailed
 
 # torch names a killed worker's signal by its description ("Killed", "Terminated").
@@ -131,11 +132,11 @@ def explain(
     worker = _WORKER.search(message) if isinstance(err, RuntimeError) else None
     if worker is not None:
         pids, described = worker.group(1).strip(), worker.group(2)
-        how = (
-            f"was killed by signal {_SIGNAL_NAMES.get(described.strip(), described.strip())}"
-            if described
-            else "exited unexpectedly"
-        )
+        if described:  # torch names the signal by its description
+            killed_by = _SIGNAL_NAMES.get(described.strip(), described.strip())
+        else:  # torch found it gone: its exit code may still tell
+            killed_by = exit_signal(int(pid) for pid in pids.split(","))
+        how = f"was killed by signal {killed_by}" if killed_by else "exited unexpectedly"
         return RunFailed(
             f"a data-loader worker (pid {pids}) {how} {at}; the out-of-memory killer does this "
             f"when the workers take too much memory: use fewer data.num_workers (now "

@@ -142,3 +142,31 @@ def test_other_errors_are_not_explained():
     for error in (RuntimeError("shape mismatch"), ValueError("timed out"), KeyError("x")):
         assert explain(error, None, OmegaConf.create(cfg), None) is None
     assert explain(torch.OutOfMemoryError("CUDA out of memory"), None, OmegaConf.create(cfg), None)
+
+
+def test_a_worker_found_gone_is_named_by_its_exit_signal():
+    """torch says only "exited unexpectedly" when it finds a worker gone before its SIGCHLD
+    handler runs: the worker's exit code still names the signal."""
+    import contextlib
+    import os
+    import signal
+    import time
+
+    from mmtrain.data.bad_samples import BadSamplePolicy, CheckedDataLoader
+
+    policy = BadSamplePolicy("train", 64, "raise", 0, {})
+    data = [{"x": i} for i in range(64)]
+    loader = CheckedDataLoader(data, policy=policy, batch_size=2, num_workers=1,
+                               persistent_workers=True)  # fmt: skip
+    batches = iter(loader)
+    next(batches)
+    (worker,) = loader._iterator._workers
+    os.kill(worker.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while worker.is_alive() and time.monotonic() < deadline:
+        with contextlib.suppress(RuntimeError):  # torch's SIGCHLD handler: the other message
+            time.sleep(0.05)
+    error = RuntimeError(f"DataLoader worker (pid(s) {worker.pid}) exited unexpectedly")
+    cfg = OmegaConf.create({"data": {"num_workers": 1}, "trainer": {}})
+    assert "was killed by signal SIGKILL" in str(explain(error, None, cfg, None))
+    loader._iterator._shutdown_workers()

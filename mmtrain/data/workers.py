@@ -23,7 +23,7 @@ import multiprocessing.util  # noqa: F401 - its exit handler is registered befor
 import os
 import signal
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -61,6 +61,18 @@ def start_workers(start: Callable[[], Iterator[T]]) -> Iterator[T]:
 
 
 _RUNNING: weakref.WeakSet[Any] = weakref.WeakSet()  # iterators whose workers may be alive
+
+
+def exit_signal(pids: Iterable[int]) -> str | None:
+    """The name of the signal that ended one of these data-loader workers (``SIGKILL``), when
+    torch's message does not say (``exited unexpectedly``); None when unknown."""
+    pids = set(pids)
+    for iterator in list(_RUNNING):
+        for worker in getattr(iterator, "_workers", []):
+            code = worker.exitcode if worker.pid in pids else None
+            if code is not None and code < 0:
+                return signal.Signals(-code).name
+    return None
 
 
 @atexit.register  # after multiprocessing's (atexit runs last in, first out): before it
