@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: install install-dev fit test test-slow lint format bench bench-gpu clean
+.PHONY: install install-dev fit test test-slow lint imports format bench bench-gpu clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,9 +32,12 @@ test: install-dev                      ## the test suite without the slow tests 
 test-slow: install-dev                 ## only the slow tests
 	$(BIN)/python -m pytest -m slow $(ARGS)
 
-lint: install-dev                      ## ruff lint and format check
+lint: imports                          ## ruff lint and format check, and the import boundaries
 	$(BIN)/ruff check mmtrain tests scripts
 	$(BIN)/ruff format --check mmtrain tests scripts
+
+imports: install-dev                   ## the import boundaries of pyproject.toml's [tool.importlinter]
+	$(BIN)/lint-imports
 
 bench: install                         ## mmtrain vs plain PyTorch: overhead, start-up, data (ARGS="--quick"); captioning: scripts/bench_caption.py
 	$(BIN)/python scripts/bench.py $(ARGS)

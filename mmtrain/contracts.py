@@ -6,6 +6,7 @@ real data and ``False`` where it is padding.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
@@ -100,6 +101,36 @@ class Head(Protocol):
     def predict(self, features: Features, outputs: Tensor | None = None) -> list[Any]: ...
 
     def decode(self, outputs: Tensor) -> list[Any]: ...
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What a head uses of its text target's tokenizer, fitted on the training split by the
+    data side (``WordTokenizer``, ``CharTokenizer``, ``BPETokenizer``; wired by build.py): ids
+    back to text, and the special ids. Heads depend on this, not on ``mmtrain.data``."""
+
+    pad_id: int
+    bos_id: int
+    eos_id: int
+    max_length: int  # ids kept per encoded text (longer ones are truncated)
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+
+@runtime_checkable
+class Answers(Protocol):
+    """What a head uses of a VQA target's answer classes (``AnswerVocabulary``): the answer of
+    each class id, and the ids of padding and of answers outside the top K."""
+
+    vocab: list[str]
+    pad_id: int
+    unk_id: int
+
+    @property
+    def vocab_size(self) -> int: ...
 
 
 class SharedParameters(NamedTuple):

@@ -20,8 +20,8 @@ from PIL import Image
 
 from mmtrain.data.vqa import VQADataset
 from mmtrain.errors import MMTrainError
-from mmtrain.metrics.vqa import (
-    VQAAccuracy,
+from mmtrain.metrics.vqa import VQAAccuracy
+from mmtrain.utils.vqa_answers import (
     answer_vocabulary,
     normalize_answer,
     soft_scores,

@@ -13,8 +13,8 @@ from test_vqa import write_vqa
 from mmtrain.contracts import Features
 from mmtrain.data.transforms.answers import AnswerVocabulary
 from mmtrain.heads.vqa import VQAHead
-from mmtrain.metrics.vqa import vqa_accuracy
 from mmtrain.run import run
+from mmtrain.utils.vqa_answers import vqa_accuracy
 
 
 def _vocab() -> AnswerVocabulary:

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from mmtrain.data.io import load_image
 from mmtrain.errors import MMTrainError
-from mmtrain.metrics.vqa import normalize_answer
+from mmtrain.utils.vqa_answers import normalize_answer
 
 SPLITS = ("train", "val", "test")
 # Subsets whose images live in another subset's folder.
@@ -59,7 +59,7 @@ class VQADataset(Dataset):
     Items are dicts with ``id`` (the question id, as a string) and the requested columns:
     ``image`` (a PIL RGB image; grayscale JPEGs are converted), ``text`` (the question) and
     ``answer``: the question's ``multiple_choice_answer`` normalised as the VQA evaluation does
-    (:func:`mmtrain.metrics.vqa.normalize_answer`), with ``answer_references``, the ten human
+    (:func:`mmtrain.utils.vqa_answers.normalize_answer`), with ``answer_references``, the ten human
     answers as released (raw, by ``answer_id``), for the soft targets and the VQA accuracy.
     Questions are sorted by question id. The test subsets (``test-dev2015``, ``test2015``) have
     no annotations: their columns are ``image`` and ``text`` only.
@@ -196,7 +196,7 @@ class VQADataset(Dataset):
 
         ``answer`` gives the normalised ``multiple_choice_answer`` of each question,
         ``answer_references`` its human answers (e.g. to build the answer vocabulary with
-        :func:`mmtrain.metrics.vqa.answer_vocabulary`), ``text`` the questions, ``image`` the
+        :func:`mmtrain.utils.vqa_answers.answer_vocabulary`), ``text`` the questions, ``image`` the
         image paths, ``id`` the question ids.
 
         Raises:

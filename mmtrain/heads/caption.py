@@ -15,8 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmtrain.contracts import Features
-from mmtrain.data.transforms.text import WordTokenizer
+from mmtrain.contracts import Features, Tokenizer
 from mmtrain.heads.decoding import beam_search
 from mmtrain.metrics.caption import CaptionMetrics
 
@@ -37,7 +36,7 @@ class _CaptionHead(nn.Module, ABC):
 
     def __init__(
         self,
-        tokenizer: WordTokenizer,
+        tokenizer: Tokenizer,
         max_length: int | None = None,
         beam_size: int = 1,
         length_penalty: float = 0.0,
@@ -144,7 +143,7 @@ class TransformerCaptionHead(_CaptionHead):
         self,
         in_dim: int,
         vocab_size: int,
-        tokenizer: WordTokenizer,
+        tokenizer: Tokenizer,
         pad_id: int = 0,
         dim: int = 256,
         num_layers: int = 2,
@@ -218,7 +217,7 @@ class LSTMCaptionHead(_CaptionHead):
         self,
         in_dim: int,
         vocab_size: int,
-        tokenizer: WordTokenizer,
+        tokenizer: Tokenizer,
         pad_id: int = 0,
         embed_dim: int = 256,
         hidden_dim: int = 512,

@@ -14,8 +14,7 @@ a concatenating fusion has padding in the middle), so input lengths come from th
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,23 +22,13 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
-from mmtrain.contracts import Features
+from mmtrain.contracts import Features, Tokenizer
 from mmtrain.heads.ctc_decoding import (
     FlashlightCTCDecoder,
     collapse,
     ctc_prefix_beam_search,
     flashlight_available,
 )
-
-
-class TargetTokenizer(Protocol):
-    """What the head needs of its target's tokenizer (WordTokenizer, CharTokenizer, BPE...)."""
-
-    pad_id: int
-    bos_id: int
-    eos_id: int
-
-    def decode(self, ids: Iterable[int]) -> str: ...
 
 
 def default_normalize(text: str) -> str:
@@ -79,7 +68,7 @@ class CTCHead(nn.Module):
         self,
         in_dim: int,
         vocab_size: int,
-        tokenizer: TargetTokenizer,
+        tokenizer: Tokenizer,
         pad_id: int = 0,
         hidden_dim: int = 0,
         dropout: float = 0.1,

@@ -9,8 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
-from mmtrain.contracts import Features
-from mmtrain.data.transforms.answers import AnswerVocabulary
+from mmtrain.contracts import Answers, Features
 from mmtrain.metrics.vqa import VQAAccuracy
 
 
@@ -28,7 +27,7 @@ class VQAHead(nn.Module):
     Args:
         in_dim: width of the fused features (wired by build.py).
         vocab_size: answer classes, ``<pad>`` and ``<unk>`` included (wired by build.py).
-        tokenizer: the :class:`AnswerVocabulary` of the target (wired by build.py).
+        tokenizer: the target's answer classes (an ``AnswerVocabulary``, wired by build.py).
         pad_id: its padding id (wired by build.py).
         hidden_dim: hidden width of the MLP; 0 gives a single linear layer.
         dropout: dropout before each linear layer.
@@ -41,7 +40,7 @@ class VQAHead(nn.Module):
         self,
         in_dim: int,
         vocab_size: int,
-        tokenizer: AnswerVocabulary,
+        tokenizer: Answers,
         pad_id: int = 0,
         hidden_dim: int = 512,
         dropout: float = 0.2,

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mmtrain.metrics.vqa import answer_vocabulary, normalize_answer
+from mmtrain.utils.vqa_answers import answer_vocabulary, normalize_answer
 
 PAD, UNK = "<pad>", "<unk>"
 
