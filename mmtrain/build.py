@@ -22,6 +22,7 @@ from hydra.utils import get_object
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig
 
+from mmtrain.contracts import Head, LossWeighting
 from mmtrain.data.datamodule import MultimodalDataModule
 from mmtrain.errors import MMTrainError
 from mmtrain.module import MultimodalModule
@@ -53,9 +54,31 @@ def build_datamodule(cfg: DictConfig) -> MultimodalDataModule:
     )
 
 
+def follows(part: Any, protocol: type, path: str) -> Any:
+    """``part``, once checked to have every member of its ``protocol`` in contracts.py: a part
+    of one's own (``--config-dir``) that lacks one fails here, naming it, not at first use.
+
+    Raises:
+        MMTrainError: naming the key, the class and the missing members.
+    """
+    members = set(getattr(protocol, "__annotations__", {})) | {
+        name
+        for name, value in vars(protocol).items()
+        if (callable(value) or isinstance(value, property))
+        and (name == "__call__" or not name.startswith("_"))
+    }
+    missing = sorted(name for name in members if not hasattr(part, name))
+    if missing:
+        raise MMTrainError(
+            f"{path}: {type(part).__name__} lacks {', '.join(missing)} of "
+            f"mmtrain.contracts.{protocol.__name__}"
+        )
+    return part
+
+
 def _unfused(node: DictConfig) -> bool:
     """Whether the head reads the encoders' features and needs no target column (retrieval)."""
-    return bool(getattr(get_object(node._target_), "unfused", False))
+    return bool(get_object(node._target_).unfused)
 
 
 def head_facts(facts: dict[str, Any], task: str) -> dict[str, Any]:
@@ -108,8 +131,10 @@ def build_module(
             )
         # A head reading the encoders' own features (retrieval) gets their widths instead.
         width = {"in_dims": in_dims} if "in_dims" in params else {"in_dim": int(fusion.out_dim)}
-        heads[task] = safe_instantiate(node, f"head.{task}", extra, **width, **wired)
+        head = safe_instantiate(node, f"head.{task}", extra, **width, **wired)
+        heads[task] = follows(head, Head, f"head.{task}")
     weighting = safe_instantiate(cfg.loss_weighting, "loss_weighting", extra, names=list(heads))
+    follows(weighting, LossWeighting, "loss_weighting")
     optimizer = safe_instantiate(cfg.optimizer, "optimizer", extra)
     scheduler = (
         safe_instantiate(cfg.scheduler, "scheduler", extra) if cfg.get("scheduler") else None

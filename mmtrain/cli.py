@@ -23,8 +23,8 @@ from mmtrain.config import (
     target_parameters,
     without_plain_keys,
 )
+from mmtrain.contracts import STAGES
 
-STAGES = ("fit", "validate", "test", "predict")
 STAGE_ENV = "MMTRAIN_STAGE"  # the stage, for DDP worker processes that re-run the command
 # What Lightning's DDP launcher sets in the launching process (see _end_distributed).
 DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")

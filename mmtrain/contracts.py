@@ -7,16 +7,21 @@ real data and ``False`` where it is padding.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:  # torch-free at import: the CLI reads the names below
+    from torch import Tensor
 
 # A batch is a flat dict keyed by modality (image, text, text_mask, audio, audio_mask), by task
 # (label, caption, caption_mask, ...) and "id" (a list of sample ids).
 Batch = dict[str, Any]
 
 MODALITIES = ("image", "text", "audio")
+STAGES = ("fit", "validate", "test", "predict")  # mmtrain <stage>
+SPLITS = ("train", "val", "test")  # the splits of every data set
+REFERENCES = "_references"  # batch[<task> + REFERENCES]: the reference strings of text targets
+FEATURES = "_features"  # batch[<modality> + FEATURES]: cached features (B, D, T) in its place
+CHECKPOINT_KEY = "mmtrain"  # checkpoint[CHECKPOINT_KEY] = {"config": yaml, "data": state}
 
 
 class Features(NamedTuple):
@@ -44,7 +49,7 @@ class Features(NamedTuple):
     def present(self) -> Tensor:
         """``(B,)`` bool: which samples have at least one real token."""
         if self.mask is None:
-            return torch.ones(self.tokens.shape[0], dtype=torch.bool, device=self.tokens.device)
+            return self.tokens.new_ones(self.tokens.shape[0]).bool()
         return self.mask.any(dim=1)
 
 
@@ -76,7 +81,14 @@ class Head(Protocol):
     ``compute()`` is a ``{metric name: value}`` dict; ``update_metrics`` feeds it one batch, with
     the predictions and, where the batch has them, the ``<task>_references`` (e.g. all captions
     of an image).
+
+    ``unfused`` heads read ``{modality: Features}`` of the encoders instead of the fused
+    features (two-tower retrieval); ``modalities`` are those a head cannot do without (a batch
+    that lacks one skips the head: segmentation needs the image).
     """
+
+    unfused: bool
+    modalities: tuple[str, ...] | list[str]
 
     def __call__(
         self, features: Features, target: Tensor | None = None, target_mask: Tensor | None = None
@@ -153,6 +165,9 @@ class LossWeighting(Protocol):
     A weighting that needs per-task gradients (GradNorm, PCGrad) also has
     ``backward(losses, total, shared: SharedParameters, backward, scale)``, which the module
     calls in place of backpropagating the total (see ``mmtrain/loss_weighting/base.py``).
+    ``epoch_end`` is called after each training epoch (DWA keeps its loss history there).
     """
 
     def __call__(self, losses: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]: ...
+
+    def epoch_end(self) -> None: ...

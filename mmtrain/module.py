@@ -11,15 +11,20 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 
-from mmtrain.contracts import Batch, Features, SharedParameters
-from mmtrain.data.feature_cache import FEATURES, build_feature_cache
+from mmtrain.contracts import (
+    CHECKPOINT_KEY,
+    FEATURES,
+    REFERENCES,
+    Batch,
+    Features,
+    SharedParameters,
+)
+from mmtrain.data.feature_cache import build_feature_cache
 from mmtrain.errors import MMTrainError
 from mmtrain.loss_weighting.base import GradientWeighting
 from mmtrain.utils.nonfinite import NonFiniteGuard, describe_parameters
 
-CHECKPOINT_KEY = "mmtrain"  # checkpoint[CHECKPOINT_KEY] = {"config": yaml, "data": state}
 TOTAL = "_total"  # the key of the total loss among the per-task evaluation losses
-REFERENCES = "_references"  # batch[<task> + REFERENCES]: the reference strings of text targets
 
 
 def is_joint(batch: Any) -> bool:
@@ -27,11 +32,6 @@ def is_joint(batch: Any) -> bool:
     return (
         isinstance(batch, dict) and bool(batch) and all(isinstance(v, dict) for v in batch.values())
     )
-
-
-def _unfused(head: nn.Module) -> bool:
-    """Whether ``head`` reads the encoders' features rather than the fusion's (retrieval)."""
-    return bool(getattr(head, "unfused", False))
 
 
 def _rows(batch: Batch) -> list[dict[str, Any]]:
@@ -169,13 +169,13 @@ class MultimodalModule(pl.LightningModule):
         """What each head reads: the fused features, or for an ``unfused`` head (two-tower
         retrieval) the encoders' own; None when the batch lacks a modality the head declares
         it cannot do without (its ``modalities``: segmentation needs the image)."""
-        fused = self.fusion(features) if any(not _unfused(h) for h in self.heads.values()) else None
+        fused = self.fusion(features) if any(not h.unfused for h in self.heads.values()) else None
         inputs: dict[str, Features | dict[str, Features] | None] = {}
         for task, head in self.heads.items():
-            if not all(m in features for m in getattr(head, "modalities", ())):
+            if not all(m in features for m in head.modalities):
                 inputs[task] = None
             else:
-                inputs[task] = features if _unfused(head) else fused
+                inputs[task] = features if head.unfused else fused
         return inputs
 
     def _drop_modalities(self, features: dict[str, Features]) -> dict[str, Features]:
@@ -208,7 +208,7 @@ class MultimodalModule(pl.LightningModule):
         for task, head in self.heads.items():
             if inputs[task] is None:  # the batch lacks a modality the head needs
                 continue
-            if _unfused(head):  # its target: which pairs show the same image
+            if head.unfused:  # its target: which pairs show the same image
                 target, target_mask = head.target_from_ids(batch["id"], self.device), None
             elif task in batch:
                 target, target_mask = batch[task], batch.get(f"{task}_mask")
@@ -220,8 +220,8 @@ class MultimodalModule(pl.LightningModule):
             if split != "train":
                 # retrieval's per-sample "predictions" are embeddings: `mmtrain predict` writes
                 # them; its evaluation is recall over the split's embeddings, not rows
-                predictions = [] if _unfused(head) else head.predict(fused, outputs)
-                references = batch.get(f"{task}_references")
+                predictions = [] if head.unfused else head.predict(fused, outputs)
+                references = batch.get(f"{task}{REFERENCES}")
                 head.update_metrics(
                     self.metrics[f"{split}_{task}"],
                     outputs,
@@ -391,9 +391,7 @@ class MultimodalModule(pl.LightningModule):
             self._cache_masked = build_feature_cache(self, datamodule)
 
     def on_train_epoch_end(self) -> None:
-        epoch_end = getattr(self.loss_weighting, "epoch_end", None)  # DWA's epoch history
-        if epoch_end is not None:
-            epoch_end()
+        self.loss_weighting.epoch_end()  # DWA's epoch history
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")

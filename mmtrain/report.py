@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from mmtrain.contracts import REFERENCES
 from mmtrain.errors import MMTrainError
 
 MULTIRUN_FILE = "multirun.yaml"
@@ -662,7 +663,7 @@ def _table(
         if thumb is not None:
             row["image"] = thumb
         for column, value in values.items():
-            if column.endswith("_references"):
+            if column.endswith(REFERENCES):
                 continue
             mask = pred_dir / value if isinstance(value, str) and value.endswith(".png") else None
             if mask is not None and mask.is_file() and (mask_thumb := copy(mask)) is not None:

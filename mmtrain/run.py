@@ -21,16 +21,15 @@ from PIL import Image
 
 from mmtrain.build import build_datamodule, build_module, build_trainer
 from mmtrain.callbacks.resume import requeued_checkpoint
+from mmtrain.contracts import CHECKPOINT_KEY, REFERENCES, STAGES
 from mmtrain.errors import MMTrainError
 from mmtrain.failures import FailurePoint, explain
-from mmtrain.module import CHECKPOINT_KEY, REFERENCES
 from mmtrain.utils.config_check import check_config
 
 log = logging.getLogger(__name__)
 # Raised inside Lightning on every run with torch >= 2.10; nothing a user can act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
-STAGES = ("fit", "validate", "test", "predict")
 # What a checkpoint defines: the model and the data it was trained on (vocabulary, classes).
 MODEL_KEYS = (
     "data",

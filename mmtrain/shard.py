@@ -29,8 +29,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from mmtrain.contracts import SPLITS
+
 USAGE = "usage: mmtrain shard <data preset> out=<dir> [data.key=value ...] [shard.key=value ...]"
-SPLITS = ("train", "val", "test")
 # name -> (parser, default)
 OPTIONS: dict[str, tuple[Any, Any]] = {
     "maxcount": (int, 10000),

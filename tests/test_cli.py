@@ -21,7 +21,8 @@ import pytest
 import yaml
 from conftest import QUIET, TINY_DATA
 
-from mmtrain.cli import STAGES, config_dir
+from mmtrain.config import config_dir
+from mmtrain.contracts import STAGES
 
 HEAVY_MODULES = (
     "torch",

@@ -18,3 +18,24 @@ def test_every_tokenizer_is_a_tokenizer_and_the_answers_are_answers():
     answers = synth_answer_vocabulary()
     assert isinstance(answers, Answers) and not isinstance(answers, Tokenizer)
     assert answers.vocab[answers.unk_id] and answers.vocab_size == len(answers.vocab)
+
+
+def test_a_part_without_a_member_of_its_protocol_is_named_when_built():
+    import pytest
+
+    from mmtrain.build import follows
+    from mmtrain.contracts import Head
+    from mmtrain.errors import MMTrainError
+    from mmtrain.heads.classification import ClassificationHead
+
+    head = ClassificationHead(in_dim=4, num_classes=3)
+    assert follows(head, Head, "head.label") is head and not head.unfused
+
+    class MyHead(ClassificationHead):  # a head of one's own that hides the flag
+        def __getattribute__(self, name):
+            if name == "unfused":
+                raise AttributeError(name)
+            return super().__getattribute__(name)
+
+    with pytest.raises(MMTrainError, match=r"head\.mine: MyHead lacks unfused of .*\.Head"):
+        follows(MyHead(in_dim=4, num_classes=3), Head, "head.mine")

@@ -10,8 +10,8 @@ import pytest
 import torch
 from conftest import QUIET, TINY_DATA, compose_cfg
 
+from mmtrain.contracts import CHECKPOINT_KEY
 from mmtrain.errors import MMTrainError
-from mmtrain.module import CHECKPOINT_KEY
 from mmtrain.run import run
 
 BASE = [*TINY_DATA, *QUIET, "trainer.max_epochs=1", "trainer.log_every_n_steps=1"]

@@ -20,8 +20,8 @@ from pytorch_lightning.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import move_data_to_device
 
+from mmtrain.contracts import REFERENCES
 from mmtrain.data.transforms.image import IMAGENET_MEAN, IMAGENET_STD
-from mmtrain.module import REFERENCES
 
 KEY = "val/samples"
 _MAX_CELL = 200  # characters of a table cell (long captions, embeddings)

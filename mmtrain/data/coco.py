@@ -22,10 +22,10 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from mmtrain.contracts import SPLITS
 from mmtrain.data.io import load_image
 from mmtrain.errors import MMTrainError
 
-SPLITS = ("train", "val", "test")
 YEARS = (2014, 2017)
 FORMATS = ("coco", "flickr8k", "flickr30k")
 NAMES = {"coco": "COCO captions", "flickr8k": "Flickr8k", "flickr30k": "Flickr30k"}

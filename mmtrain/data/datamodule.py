@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from mmtrain.contracts import FEATURES
 from mmtrain.data.bad_samples import (
     ON_ERROR,
     BadSamplePolicy,
@@ -24,7 +25,7 @@ from mmtrain.data.bad_samples import (
     TransformedDataset,
     collate_checked,
 )
-from mmtrain.data.feature_cache import FEATURES, CachedFeaturesDataset, FeatureStore
+from mmtrain.data.feature_cache import CachedFeaturesDataset, FeatureStore
 from mmtrain.data.manifest import ManifestDataset
 from mmtrain.data.sampling import ResumableSampler, audio_seconds
 from mmtrain.data.transforms import AudioTransform, ImageTransform, WordTokenizer

@@ -42,13 +42,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from mmtrain.contracts import FEATURES
 from mmtrain.data.bad_samples import BadSample, TransformedDataset
 from mmtrain.data.collate import collate
 from mmtrain.errors import MMTrainError
 
 log = logging.getLogger(__name__)
 
-FEATURES = "_features"  # batch[<modality> + FEATURES]: cached features (B, D, T)
 CACHED_SPLITS = ("train", "val")
 _DTYPES = {"float32": np.float32, "float16": np.float16}
 

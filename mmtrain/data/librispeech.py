@@ -20,10 +20,10 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from mmtrain.contracts import SPLITS
 from mmtrain.data.io import load_audio
 from mmtrain.errors import MMTrainError
 
-SPLITS = ("train", "val", "test")
 ARCHIVE_FOLDER = "LibriSpeech"
 SUBSETS = (
     "dev-clean",

@@ -20,6 +20,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from mmtrain.contracts import SPLITS
 from mmtrain.data.io import load_audio, load_image, load_mask
 from mmtrain.errors import MMTrainError
 
@@ -32,7 +33,6 @@ LOADERS: dict[str, Callable[[Path], Any]] = {
     "mask": load_mask,
 }
 STRING_COLUMNS = ("text",)
-SPLITS = ("train", "val", "test")
 
 
 def _kind(value: Any) -> str:

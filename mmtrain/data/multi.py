@@ -31,7 +31,7 @@ import torch
 from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 
-from mmtrain.contracts import Batch
+from mmtrain.contracts import SPLITS, Batch
 from mmtrain.data.datamodule import SPLIT_OF_STAGE, MultimodalDataModule, split_kwargs
 from mmtrain.data.transforms import AudioTransform, ImageTransform, WordTokenizer
 from mmtrain.errors import MMTrainError
@@ -336,7 +336,7 @@ class MultiDataModule(MultimodalDataModule):
                     if self.columns.get(name) != []
                 }  # fmt: skip
             return
-        splits = set(SPLIT_OF_STAGE.get(stage or "", ("train", "val", "test")))
+        splits = set(SPLIT_OF_STAGE.get(stage or "", SPLITS))
         if self._needs_training_split():
             splits.add("train")
         for split in sorted(splits - set(self.datasets)):

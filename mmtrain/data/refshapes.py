@@ -30,6 +30,7 @@ from typing import Literal, NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mmtrain.contracts import SPLITS
 from mmtrain.data.manifest import ManifestDataset
 from mmtrain.data.shapes import write_once
 
@@ -40,7 +41,6 @@ QUADRANTS = ("top left", "top right", "bottom left", "bottom right")  # reading 
 PROMPTS = ("segment the {}", "the {}", "where is the {}")
 MASK_CLASSES = ("background", "target")
 IMAGE_SIZE = 64
-SPLITS = ("train", "val", "test")
 COLOUR_JITTER = 25  # each shape's fill is its colour +- this, per channel
 _MAX_REDRAWS = 100  # scenes drawn for a caption not yet in the split, before accepting a repeat
 _VERSION = 1

@@ -29,6 +29,7 @@ import numpy as np
 import soundfile as sf
 from PIL import Image, ImageDraw
 
+from mmtrain.contracts import SPLITS
 from mmtrain.data.manifest import ManifestDataset
 from mmtrain.errors import MMTrainError
 
@@ -39,7 +40,6 @@ CORNERS = ("top left", "top right", "bottom left", "bottom right")
 TONES = {"low": (220.0, 440.0), "high": (880.0, 1760.0)}
 IMAGE_SIZE = 64
 AUDIO_RATE = 22050
-SPLITS = ("train", "val", "test")
 _VERSION = 3
 
 

@@ -24,11 +24,11 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from mmtrain.contracts import SPLITS
 from mmtrain.data.io import load_image
 from mmtrain.errors import MMTrainError
 from mmtrain.utils.vqa_answers import normalize_answer
 
-SPLITS = ("train", "val", "test")
 # Subsets whose images live in another subset's folder.
 IMAGE_SUBSETS = {"test-dev2015": "test2015"}
 

@@ -62,6 +62,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import IterableDataset, get_worker_info
 
+from mmtrain.contracts import REFERENCES
 from mmtrain.data.bad_samples import (
     BadSamplePolicy,
     CheckedDataLoader,
@@ -77,7 +78,6 @@ FORMAT, VERSION = "mmtrain-webdataset", 1
 META, INDEX, VALUES = "meta.json", "index.json", "values.json"
 FILE_KINDS = ("image", "array", "audio")  # PIL image, numpy array, (samples, rate)
 STREAM_ERROR = "_stream_error"  # a batch that carries a shard's error to the main process
-REFERENCES = "_references"
 
 
 # ---- one tar member <-> one value ----------------------------------------------------------------

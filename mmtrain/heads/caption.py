@@ -34,6 +34,9 @@ class _CaptionHead(nn.Module, ABC):
         ValueError: for a non-positive beam size or a max length below 2.
     """
 
+    unfused = False  # reads the fused features (contracts.Head)
+    modalities: tuple[str, ...] = ()  # runs on every batch that has its target
+
     def __init__(
         self,
         tokenizer: Tokenizer,

@@ -29,6 +29,9 @@ class ClassificationHead(nn.Module):
         ValueError: for fewer than 2 classes or class names that do not match ``num_classes``.
     """
 
+    unfused = False  # reads the fused features (contracts.Head)
+    modalities: tuple[str, ...] = ()  # runs on every batch that has its target
+
     def __init__(
         self,
         in_dim: int,

@@ -219,7 +219,7 @@ class ContrastiveHead(nn.Module):
         ValueError: for other than two modalities, or one without an encoder.
     """
 
-    unfused = True  # gets the encoders' features, not the fusion's
+    unfused = True  # gets the encoders' features, not the fusion's (contracts.Head)
 
     def __init__(
         self,

@@ -64,6 +64,9 @@ class CTCHead(nn.Module):
             ``flashlight`` without its package.
     """
 
+    unfused = False  # reads the fused features (contracts.Head)
+    modalities: tuple[str, ...] = ()  # runs on every batch that has its target
+
     def __init__(
         self,
         in_dim: int,

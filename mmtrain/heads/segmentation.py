@@ -90,6 +90,7 @@ class SegmentationHead(nn.Module):
             ``grid`` that is not two positive ints.
     """
 
+    unfused = False  # reads the fused features (contracts.Head)
     modalities = ("image",)  # nothing to segment without it: skipped when the image is absent
 
     def __init__(

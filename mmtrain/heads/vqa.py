@@ -36,6 +36,9 @@ class VQAHead(nn.Module):
         ValueError: for fewer than one answer class, or a negative width.
     """
 
+    unfused = False  # reads the fused features (contracts.Head)
+    modalities: tuple[str, ...] = ()  # runs on every batch that has its target
+
     def __init__(
         self,
         in_dim: int,
