@@ -199,6 +199,7 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     id of the run directory); once the trainer exists, the flat config and the git commit are
     logged to its loggers as hyperparameters (:func:`mmtrain.utils.loggers.log_run_info`).
     """
+    from mmtrain.callbacks.feature_cache import FeatureCache
     from mmtrain.callbacks.resume import ResumeState
     from mmtrain.failures import FailurePoint
     from mmtrain.utils.checkpoint_io import AtomicCheckpointIO
@@ -214,6 +215,8 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     # step first (Lightning puts the checkpoint callbacks after all of them).
     callbacks.sort(key=lambda c: isinstance(c, ResumeState))
     callbacks.append(FailurePoint())  # where a failure happened, for its one line
+    if cfg.data.get("cache_features"):  # frozen encoders' features, computed once
+        callbacks.append(FeatureCache())
     output_dir = cfg.paths.output_dir
     loggers = [
         safe_instantiate(

@@ -19,7 +19,6 @@ from mmtrain.contracts import (
     Features,
     SharedParameters,
 )
-from mmtrain.data.feature_cache import build_feature_cache
 from mmtrain.errors import MMTrainError
 from mmtrain.loss_weighting.base import GradientWeighting
 from mmtrain.utils.nonfinite import NonFiniteGuard, describe_parameters
@@ -117,7 +116,9 @@ class MultimodalModule(pl.LightningModule):
         )
         self.predictions: list[dict[str, Any]] = []
         self._train_losses: dict[str, Tensor] = {}  # the step's task losses, for backward()
-        self._cache_masked: dict[str, bool] = {}  # data.cache_features: {modality: has mask}
+        # data.cache_features: {modality: whether its cached features carry a mask}, set by the
+        # FeatureCache callback (mmtrain.callbacks.feature_cache)
+        self.cache_masked: dict[str, bool] = {}
 
     def configure_model(self) -> None:
         """``model.compile`` and ``model.channels_last`` (Lightning calls this before fitting)."""
@@ -149,7 +150,7 @@ class MultimodalModule(pl.LightningModule):
         tokens = batch[modality + FEATURES].transpose(1, 2)
         if tokens.dtype == torch.float16:  # data.cache_dtype=float16
             tokens = tokens.float()
-        masked = self._cache_masked.get(modality, True)
+        masked = self.cache_masked.get(modality, True)
         mask = batch.get(f"{modality}{FEATURES}_mask") if masked else None
         return Features(tokens, mask)
 
@@ -377,18 +378,16 @@ class MultimodalModule(pl.LightningModule):
         fusion = [p for p in self.fusion.parameters() if p.requires_grad]
         return SharedParameters(all=encoders + fusion, last=fusion or encoders)
 
-    def on_fit_start(self) -> None:
+    def setup(self, stage: str) -> None:
         # DeepSpeed backpropagates through its engine, never through self.backward(): a
-        # gradient-based weighting would silently become a plain weighted sum.
+        # gradient-based weighting would silently become a plain weighted sum. (Checked here,
+        # before the feature cache is built at on_fit_start.)
         strategy = type(self.trainer.strategy).__name__
         if isinstance(self.loss_weighting, GradientWeighting) and "DeepSpeed" in strategy:
             raise MMTrainError(
                 f"loss_weighting={type(self.loss_weighting).__name__} needs per-task gradients, "
                 f"which trainer.strategy={strategy} does not let it compute; use ddp instead"
             )
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if getattr(datamodule, "cache_features", False):  # before any loader is made
-            self._cache_masked = build_feature_cache(self, datamodule)
 
     def on_train_epoch_end(self) -> None:
         self.loss_weighting.epoch_end()  # DWA's epoch history

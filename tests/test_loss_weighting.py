@@ -325,6 +325,6 @@ def test_gradient_weighting_under_deepspeed_is_a_clear_error(compose_config, syn
 
     module.trainer = SimpleNamespace(strategy=DeepSpeedStrategy())
     with pytest.raises(MMTrainError, match=r"PCGradWeighting needs per-task gradients"):
-        module.on_fit_start()
+        module.setup("fit")
     module.trainer = SimpleNamespace(strategy=object())
-    module.on_fit_start()  # any other strategy is fine
+    module.setup("fit")  # any other strategy is fine
