@@ -31,10 +31,9 @@ import yaml
 
 from mmtrain.contracts import REFERENCES
 from mmtrain.errors import MMTrainError
+from mmtrain.utils.sweep import FAILED, METRICS, Job, objective_of, read_jobs, split_override
 
 MULTIRUN_FILE = "multirun.yaml"
-METRICS_FILE = "metrics.json"
-FAILED_FILE = "failed.txt"
 CSV_FILES = ("csv/metrics.csv", "csv/version_*/metrics.csv", "*/version_*/metrics.csv")
 MAX_SAMPLES = 8  # rows of each sample table
 THUMBNAIL = 192  # pixels, the longest side of a copied sample image
@@ -685,52 +684,6 @@ def _table(
 
 
 # ---- multirun -----------------------------------------------------------------------------------
-@dataclass
-class Job:
-    """One job of a multirun: number, directory, status, overrides, final metrics, error."""
-
-    num: int
-    dir: Path
-    status: str  # ok | failed | incomplete
-    overrides: dict[str, str] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    error: str = ""
-
-
-def _split_override(override: str) -> tuple[str, str]:
-    key, sep, value = override.partition("=")
-    return (key, value) if sep else (override, "")
-
-
-def read_jobs(sweep_dir: Path) -> list[Job]:
-    """The jobs of a multirun directory (directories with ``.hydra/overrides.yaml``), by number."""
-    jobs = []
-    for overrides_file in sorted(sweep_dir.glob("**/.hydra/overrides.yaml")):
-        job_dir = overrides_file.parent.parent
-        if job_dir == sweep_dir:
-            continue
-        overrides = _read_yaml(overrides_file)
-        num = _select(_read_yaml(job_dir / ".hydra" / "hydra.yaml"), "hydra.job.num")
-        if not isinstance(num, int):
-            num = int(job_dir.name) if job_dir.name.isdigit() else -1
-        job = Job(num=num, dir=job_dir, status="incomplete")
-        items = [str(o) for o in overrides] if isinstance(overrides, list) else []
-        job.overrides = dict(_split_override(o) for o in items if not o.startswith("resume="))
-        metrics = _read_json(job_dir / METRICS_FILE)
-        if (job_dir / FAILED_FILE).is_file():
-            job.status = "failed"
-            try:
-                lines = (job_dir / FAILED_FILE).read_text(encoding="utf-8").splitlines()
-            except (OSError, UnicodeDecodeError):
-                lines = []
-            job.error = next((line for line in lines if line.strip()), "failed")
-        elif isinstance(metrics, dict):
-            job.status = "ok"
-            job.metrics = metrics
-        jobs.append(job)
-    return sorted(jobs, key=lambda j: (j.num, str(j.dir)))
-
-
 _SWEEP_SYNTAX = re.compile(r",|^(choice|range|interval|tag|glob|sort|shuffle)\(")
 
 
@@ -748,14 +701,8 @@ def swept_parameters(jobs: Sequence[Job], task_overrides: Sequence[str] = ()) ->
     varying = [k for k in keys if len({j.overrides.get(k) for j in jobs}) > 1]
     if varying:
         return varying
-    declared = [_split_override(str(o)) for o in task_overrides]
+    declared = [split_override(str(o)) for o in task_overrides]
     return [k for k, v in declared if _SWEEP_SYNTAX.search(v) and k in keys]
-
-
-def objective_value(metrics: dict[str, Any], objective: str | None) -> float | None:
-    """The finite value of the optimized metric in ``metrics``, or None."""
-    value = _to_float(metrics.get(objective)) if objective else None
-    return value if value is not None and math.isfinite(value) else None
 
 
 def sweep_plots(
@@ -784,7 +731,7 @@ def sweep_plots(
     plots_dir.mkdir(parents=True, exist_ok=True)
     taken: set[str] = set()
     plots = []
-    scored = [(j, v) for j in jobs if (v := objective_value(j.metrics, objective)) is not None]
+    scored = [(j, v) for j in jobs if (v := objective_of(j.metrics, objective)) is not None]
     if scored:
         best = (max if maximize else min)(scored, key=lambda jv: jv[1])[0]
         for param in params:
@@ -811,7 +758,7 @@ def sweep_plots(
                 ax.set_xticks(range(len(labels)))
                 ax.set_xticklabels(labels, rotation=20 if len(labels) > 4 else 0)
                 best_x = positions[[j for j, _ in scored].index(best)]
-            best_y = objective_value(best.metrics, objective)
+            best_y = objective_of(best.metrics, objective)
             ax.scatter(
                 [best_x],
                 [best_y],
@@ -901,7 +848,7 @@ def _plots_html(plots: Sequence[Plot], notes: Sequence[str] = ()) -> str:
 def _metrics_html(metrics: Any, objective: str | None) -> str:
     parts = ["<h2>Final metrics</h2>"]
     if not isinstance(metrics, dict) or not metrics:
-        parts.append(_note(f"No {METRICS_FILE} in this run (unfinished or failed?)."))
+        parts.append(_note(f"No {METRICS} in this run (unfinished or failed?)."))
         return "\n".join(parts)
     parts.append("<table><tr><th>metric</th><th>value</th></tr>")
     for key in sorted(metrics, key=lambda k: (k != objective, str(k))):
@@ -991,7 +938,7 @@ def _run_report(run_dir: Path, out: Path) -> str:
     objective = config.get("optimized_metric")
     sections = [
         _plots_html(plots, notes),
-        _metrics_html(_read_json(run_dir / METRICS_FILE), objective),
+        _metrics_html(_read_json(run_dir / METRICS), objective),
         _overrides_html(
             _read_yaml(run_dir / ".hydra" / "overrides.yaml"), run_dir / ".hydra" / "config.yaml"
         ),
@@ -1020,7 +967,7 @@ def _multirun_report(sweep_dir: Path, out: Path) -> str:
         notes.append("No job directories (with .hydra/overrides.yaml) in this multirun yet.")
     if not objective:
         notes.append("No optimized_metric in the jobs' config: nothing to plot against.")
-    elif not any(objective_value(j.metrics, objective) is not None for j in jobs):
+    elif not any(objective_of(j.metrics, objective) is not None for j in jobs):
         notes.append(f"No job has a finite final {objective}.")
     if jobs and not params:
         notes.append("No swept parameter: the jobs' overrides do not differ.")
@@ -1028,13 +975,13 @@ def _multirun_report(sweep_dir: Path, out: Path) -> str:
 
     def sort_key(job: Job) -> tuple[int, bool, float, int]:
         """Best first; jobs without a value next, then unfinished, then failed ones."""
-        value = objective_value(job.metrics, objective)
+        value = objective_of(job.metrics, objective)
         rank = {"ok": 0, "incomplete": 1, "failed": 2}[job.status]
         score = 0.0 if value is None else (-value if maximize else value)
         return (rank, value is None, score, job.num)
 
     ranked = sorted(jobs, key=sort_key)
-    has_value = ranked and objective_value(ranked[0].metrics, objective) is not None
+    has_value = ranked and objective_of(ranked[0].metrics, objective) is not None
     best = ranked[0] if has_value else None
     columns = ["job", "status", *params, objective or "objective", "error"]
     rows = ["<h2>Jobs</h2>"]
@@ -1063,8 +1010,7 @@ def _multirun_report(sweep_dir: Path, out: Path) -> str:
         for job in failed:
             where = job.dir.relative_to(sweep_dir).as_posix()
             failed_html.append(
-                f"<li>job {_e(job.num)} (<code>{_e(where)}/{FAILED_FILE}</code>): "
-                f"{_e(job.error)}</li>"
+                f"<li>job {_e(job.num)} (<code>{_e(where)}/{FAILED}</code>): {_e(job.error)}</li>"
             )
         failed_html.append("</ul>")
     else:
@@ -1100,14 +1046,14 @@ def kind_of(path: Path) -> str:
         return "multirun"
     if (
         (path / ".hydra").is_dir()
-        or (path / METRICS_FILE).is_file()
+        or (path / METRICS).is_file()
         or find_metrics_csv(path) is not None
     ):
         return "run"
     if any(p.is_dir() and (p / ".hydra").is_dir() for p in path.iterdir()):
         return "multirun"
     raise MMTrainError(
-        f"{path} is neither a run directory (with .hydra/, {METRICS_FILE} or csv/metrics.csv) "
+        f"{path} is neither a run directory (with .hydra/, {METRICS} or csv/metrics.csv) "
         f"nor a multirun directory (with {MULTIRUN_FILE} and job directories)"
     )
 

@@ -22,13 +22,13 @@ from PIL import Image
 
 from mmtrain.errors import MMTrainError
 from mmtrain.report import (
-    Job,
     main,
     read_metrics_csv,
     swept_parameters,
     use_log_x,
     write_report,
 )
+from mmtrain.utils.sweep import Job
 
 EVIL = "a <script>alert('x')</script> & more"
 TASKS = ("caption", "label")

@@ -201,3 +201,19 @@ def test_summary_sorts_by_the_objective_failed_jobs_last(tmp_path):
     assert len({ln.index("ok") for ln in lines if " ok " in ln}) == 1
     _, _, _ = write_summary(tmp_path, "loss", maximize=False)
     assert [r["job"] for r in _summary(tmp_path)][:3] == ["0", "2", "3"]
+
+
+def test_the_summary_and_the_report_read_jobs_alike(tmp_path):
+    """One reader of job directories: the same error line (the first non-empty one) and the
+    same overrides (``resume=``, also as ``+resume=``, left out) for both."""
+    from mmtrain.report import write_report
+
+    _job(tmp_path, 0, ["lr=1", "+resume=true"], {"acc": 0.5})
+    _job(tmp_path, 1, ["lr=2", "resume=True"], None)
+    (tmp_path / "1" / FAILED).write_text("\n  \nMMTrainError: out of disk\n\nTraceback ...\n")
+    write_summary(tmp_path, "acc")
+    rows = {r["job"]: r for r in _summary(tmp_path)}
+    assert set(rows["0"]) == {"job", "status", "lr", "acc", "error"}
+    assert rows["1"]["error"] == "MMTrainError: out of disk"
+    page = write_report(tmp_path).read_text()
+    assert "MMTrainError: out of disk" in page and "resume" not in page

@@ -146,45 +146,68 @@ def set_aside(job_dir: Path) -> Path:
 
 # ---- the summary --------------------------------------------------------------------------------
 @dataclass
-class JobRecord:
-    """What a job directory says about its job."""
+class Job:
+    """What a job directory says about its job: number, directory, status (``ok``,
+    ``incomplete``, ``failed``), overrides (``resume=`` left out), final metrics, error line."""
 
     num: int
-    status: str  # ok | failed | incomplete
+    dir: Path
+    status: str
     overrides: dict[str, str] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
     error: str = ""
 
 
-def _split(override: str) -> tuple[str, str]:
+def split_override(override: str) -> tuple[str, str]:
+    """``key=value`` as ``(key, value)``; ``(override, "")`` without ``=``."""
     key, sep, value = override.partition("=")
     return (key, value) if sep else (override, "")
 
 
-def read_job(job_dir: Path) -> JobRecord:
-    """Read one job directory (``.hydra/``, ``metrics.json``, ``failed.txt``)."""
-    overrides = yaml.safe_load((job_dir / ".hydra/overrides.yaml").read_text()) or []
+def _read_yaml(path: Path) -> Any:
     try:
-        hydra_yaml = yaml.safe_load((job_dir / ".hydra/hydra.yaml").read_text())
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+
+
+def read_job(job_dir: Path) -> Job:
+    """Read one job directory (``.hydra/``, ``metrics.json``, ``failed.txt``): the one reader
+    of job directories, for the sweep summary and ``mmtrain report``; unreadable files read as
+    missing."""
+    hydra_yaml = _read_yaml(job_dir / ".hydra/hydra.yaml")
+    try:
         num = int(hydra_yaml["hydra"]["job"]["num"])
-    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError):
         num = int(job_dir.name) if job_dir.name.isdigit() else -1
-    record = JobRecord(num=num, status="incomplete")
-    record.overrides = dict(_split(str(o)) for o in without_resume([str(o) for o in overrides]))
+    job = Job(num=num, dir=job_dir, status="incomplete")
+    overrides = _read_yaml(job_dir / ".hydra/overrides.yaml")
+    items = [str(o) for o in overrides] if isinstance(overrides, list) else []
+    job.overrides = dict(split_override(o) for o in without_resume(items))
     if (job_dir / FAILED).is_file():
-        record.status = "failed"
-        lines = (job_dir / FAILED).read_text().splitlines()
-        record.error = lines[0] if lines else ""
+        job.status = "failed"
+        try:
+            lines = (job_dir / FAILED).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            lines = []
+        job.error = next((line for line in lines if line.strip()), "failed")
     elif (metrics := read_metrics(job_dir)) is not None:
-        record.status = "ok"
-        record.metrics = metrics
-    return record
+        job.status = "ok"
+        job.metrics = metrics
+    return job
 
 
-def sort_jobs(jobs: list[JobRecord], objective: str | None, maximize: bool) -> list[JobRecord]:
+def read_jobs(sweep_dir: Path) -> list[Job]:
+    """The jobs of a sweep directory (the folders below it with ``.hydra/overrides.yaml``), by
+    number."""
+    dirs = {p.parent.parent for p in sweep_dir.glob("**/.hydra/overrides.yaml")} - {sweep_dir}
+    return sorted((read_job(d) for d in dirs), key=lambda j: (j.num, str(j.dir)))
+
+
+def sort_jobs(jobs: list[Job], objective: str | None, maximize: bool) -> list[Job]:
     """Best first by the objective; jobs without it next, then incomplete, then failed ones."""
 
-    def key(job: JobRecord) -> tuple[int, int, float, int]:
+    def key(job: Job) -> tuple[int, int, float, int]:
         value = objective_of(job.metrics, objective)
         score = 0.0 if value is None else (-value if maximize else value)
         return (STATUS_ORDER[job.status], value is None, score, job.num)
@@ -206,10 +229,10 @@ def write_summary(
         ``(path of summary.csv, aligned table, number of failed jobs)``, or None when the sweep
         has no job directory.
     """
-    dirs = sorted({p.parent.parent for p in sweep_dir.glob("**/.hydra/overrides.yaml")})
-    if not dirs:
+    jobs = read_jobs(sweep_dir)
+    if not jobs:
         return None
-    jobs = sort_jobs([read_job(d) for d in dirs], objective, maximize)
+    jobs = sort_jobs(jobs, objective, maximize)
     override_keys = list(dict.fromkeys(k for j in jobs for k in j.overrides))
     metric_keys = sorted({k for j in jobs for k in j.metrics})
     if objective in metric_keys:  # the objective first among the metrics
