@@ -68,7 +68,8 @@ SYNTH_FACTS: dict[str, Any] = {
 
 
 # ---- scripts/ ----------------------------------------------------------------------------------
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+TESTS = Path(__file__).resolve().parent  # on sys.path: helpers, the probes
+SCRIPTS = TESTS.parent / "scripts"
 
 
 def load_script(name: str) -> Any:
@@ -146,6 +147,14 @@ def tiny_data(session_dirs: dict[str, Path]) -> Path:
     from mmtrain.data.shapes import generate_shapes
 
     return generate_shapes(session_dirs["data"] / "shapes", SHAPES_SIZES, seed=0)
+
+
+@pytest.fixture
+def two_sources(tmp_path: Path) -> dict[str, dict[str, Path]]:
+    """Two manifest data sets with different columns (:mod:`helpers.multi`)."""
+    from helpers.multi import write_two_sources
+
+    return write_two_sources(tmp_path)
 
 
 # ---- configs ----------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 import jiwer
 import pytest
 from conftest import QUIET
-from test_speech_data import write_librispeech
+from helpers.speech import write_librispeech
 
 from mmtrain.run import run
 
@@ -97,7 +97,7 @@ def test_predict_input_without_audio_files_is_a_clear_error(
 
 def test_manifest_transcripts_train_a_ctc_head(compose_config, tmp_path) -> None:
     """data=manifest carries `transcript` targets: audio + transcript columns -> CTC."""
-    from test_manifest import write_rows, write_wav
+    from helpers.manifest import write_rows, write_wav
 
     rows = []
     for i, words in enumerate(["red", "blue circle", "green", "left square"] * 2):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import QUIET, TINY_DATA
-from test_cli import _explain, mmtrain
+from helpers.cli import explain_run, mmtrain
 
 from mmtrain.utils.sweep import FAILED, SUMMARY, write_summary
 
@@ -57,7 +57,7 @@ def test_optuna_sweep_writes_a_summary(scratch, tiny_data):
         *QUIET,
         timeout=300,
     )
-    assert proc.returncode == 0, _explain(proc)
+    assert proc.returncode == 0, explain_run(proc)
     (sweep,) = _sweep_dirs(scratch["out"])
     rows = _summary(sweep)
     assert [r["status"] for r in rows] == ["ok"] * 3, rows
@@ -83,7 +83,7 @@ def test_submitit_launcher_runs_one_job_a_directory(scratch, tiny_data):
         scratch, "fit", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",
         "optimizer.lr=1e-3,1e-4", "debug=fdr", *TINY_DATA, *QUIET, timeout=600,
     )  # fmt: skip
-    assert proc.returncode == 0, _explain(proc)
+    assert proc.returncode == 0, explain_run(proc)
     (sweep,) = _sweep_dirs(scratch["out"])
     rows = _summary(sweep)
     assert sorted((r["job"], r["status"]) for r in rows) == [("0", "ok"), ("1", "ok")], rows
@@ -106,7 +106,7 @@ def failing_sweep(tmp_path_factory, session_dirs, tiny_data) -> dict:
 def test_a_failed_job_does_not_stop_the_sweep(failing_sweep):
     proc, sweep = failing_sweep["proc"], failing_sweep["sweep"]
     # Exit 0: the sweep ran to its end; the failed job is in the summary and in failed.txt.
-    assert proc.returncode == 0, _explain(proc)
+    assert proc.returncode == 0, explain_run(proc)
     assert (sweep / "0/metrics.json").is_file() and (sweep / "1/metrics.json").is_file()
     failed = (sweep / "2" / FAILED).read_text()
     assert failed.startswith("MMTrainError: model: modality_dropout must be in [0, 1), got 1.5")
@@ -138,7 +138,7 @@ def test_resume_skips_finished_jobs_and_resumes_the_rest(failing_sweep):
     overrides = {n: (sweep / n / ".hydra/overrides.yaml").read_text() for n in "012"}
 
     proc = mmtrain(scratch, *FAILING_SWEEP, "resume=true", timeout=300)
-    assert proc.returncode == 0, _explain(proc)
+    assert proc.returncode == 0, explain_run(proc)
     assert _sweep_dirs(scratch["out"]) == [sweep], "resume=true started a new sweep directory"
     assert f"resuming the sweep in {sweep}" in proc.stdout
     # Job 0: finished, skipped (metrics.json untouched).
@@ -158,7 +158,7 @@ def test_resume_skips_finished_jobs_and_resumes_the_rest(failing_sweep):
 def test_resume_leaves_config_errors_to_hydra(scratch):
     """No torch: a config that does not compose is reported as without resume=true."""
     proc = mmtrain(scratch, "fit", "-m", "resume=true", "fusion=nope")
-    assert proc.returncode != 0 and "fusion/nope" in proc.stderr, _explain(proc)
+    assert proc.returncode != 0 and "fusion/nope" in proc.stderr, explain_run(proc)
     assert "Traceback" not in proc.stderr and "resum" not in proc.stdout + proc.stderr
 
 

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import QUIET, SHAPES_SIZES
+from conftest import QUIET, SHAPES_SIZES, TESTS
+from helpers.cases import digest, run_cases
+from helpers.coco import write_coco
+from helpers.resume import popen_fit
 from PIL import Image
-from test_bad_input import digest, run_cases
-from test_coco_data import write_coco
-from test_resume import _mmtrain
 
 from mmtrain.data.coco import CaptionDataset
 from mmtrain.data.sampling import POSITION
@@ -39,7 +39,6 @@ from mmtrain.data.webdataset import (
 from mmtrain.shard import SampleEncoder
 from mmtrain.shard import main as shard_main
 
-TESTS = Path(__file__).resolve().parent
 COCO_TRAIN = 5 + 6 + 7  # (image, caption) pairs of the fixture's training split
 # Both runs see the whole training split in their first batch, unaugmented and without dropout:
 # only the order of the samples in the batch differs (the loss is a mean over them).
@@ -405,7 +404,7 @@ def test_runs_stopped_and_resumed_from_shards_repeat_nothing(tmp_path, session_d
 
     def fit(run_dir: Path, *extra: str) -> int:
         args = [*run, f"+callbacks.probe.record={run_dir}.jsonl", f"hydra.run.dir={run_dir}"]
-        proc = _mmtrain([*args, *extra], session_dirs["data"])
+        proc = popen_fit([*args, *extra], session_dirs["data"])
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0 or "stopped by SIGTERM" in err, err[-3000:]
         return proc.returncode
@@ -428,7 +427,7 @@ def test_ddp_ranks_share_the_shards(tmp_path, session_dirs, tiny_data):
     sizes = [f"data.dataset.num_{split}={n}" for split, n in SHAPES_SIZES.items()]
     shards, run_dir = tmp_path / "shards", tmp_path / "ddp"
     assert shard_main(["shapes", *sizes, f"out={shards}", "shard.maxcount=5"]) == 0
-    proc = _mmtrain(
+    proc = popen_fit(
         [
             "data=webdataset",
             f"data.root={shards}",

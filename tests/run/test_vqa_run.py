@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 from conftest import QUIET
-from test_vqa import write_vqa
+from helpers.vqa import write_vqa
 
 from mmtrain.contracts import Features
 from mmtrain.data.transforms.answers import AnswerVocabulary

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUIET, TINY_DATA
+from conftest import QUIET, TESTS, TINY_DATA
+from helpers.cli import MMTRAIN, cli_env, explain_run
 from omegaconf import OmegaConf
-from test_cli import MMTRAIN, _env, _explain
 
 from mmtrain.errors import RunFailed
 from mmtrain.failures import FailurePoint, explain
@@ -98,12 +98,12 @@ def test_the_cli_prints_one_line_and_exits_1(scratch, tiny_data):
     proc = subprocess.run(
         [*MMTRAIN, "fit", *SMALL, *_probe("oom", run_dir, at_step=2), f"hydra.run.dir={run_dir}"],
         cwd=scratch["cwd"],
-        env={**_env(scratch["data"], scratch["out"]), "PYTHONPATH": str(Path(__file__).parent)},
+        env={**cli_env(scratch["data"], scratch["out"]), "PYTHONPATH": str(TESTS)},
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert proc.returncode == 1, _explain(proc)
+    assert proc.returncode == 1, explain_run(proc)
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("mmtrain fit: error:")]
     assert len(lines) == 1 and "out of memory in training after step 2 (epoch 0)" in lines[0]
     assert "no checkpoint was written before it" in lines[0]

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from torch import nn
+from helpers.modules import randomize_batchnorm
 
 from mmtrain.contracts import Features
 from mmtrain.encoders.audio import MelCNNEncoder
@@ -203,17 +203,6 @@ def test_gru_accepts_an_empty_text():
     assert torch.isfinite(out.tokens).all() and out.present().tolist() == [True, False]
 
 
-def _randomize_batchnorm(module: nn.Module) -> None:
-    # Non-trivial running statistics, so "eval mode" does not hide padding effects.
-    g = torch.Generator().manual_seed(3)
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) * 2 - 1)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
-
-
 def test_mel_cnn_downsamples_the_frame_mask():
     encoder = MelCNNEncoder(n_mels=40, channels=[8, 16, 32]).eval()
     mask = torch.zeros(2, 50, dtype=torch.bool)
@@ -230,7 +219,7 @@ def test_mel_cnn_padded_and_unpadded_clips_give_the_same_features():
     frames = 21  # not a multiple of 8 (three blocks); see the aligned control test below
     torch.manual_seed(0)
     encoder = MelCNNEncoder(n_mels=40, channels=[8, 16, 32]).eval()
-    _randomize_batchnorm(encoder)
+    randomize_batchnorm(encoder)
     g = torch.Generator().manual_seed(0)
     clip = torch.randn(1, 40, frames, generator=g)
     padded = torch.cat([clip, torch.randn(1, 40, 40 - frames, generator=g)], dim=-1)
@@ -248,7 +237,7 @@ def test_mel_cnn_aligned_padding_is_invariant():
     """The control for the test above: a clip of 24 frames (3 blocks -> multiple of 8)."""
     torch.manual_seed(0)
     encoder = MelCNNEncoder(n_mels=40, channels=[8, 16, 32]).eval()
-    _randomize_batchnorm(encoder)
+    randomize_batchnorm(encoder)
     clip = torch.randn(1, 40, 24)
     padded = torch.cat([clip, torch.randn(1, 40, 16)], dim=-1)
     mask = torch.arange(40)[None] < 24

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import QUIET, TINY_DATA
-from test_cli import _explain, mmtrain
-from test_multi_data import _multi, two_sources  # noqa: F401 (a fixture)
+from helpers.cli import explain_run, mmtrain
+from helpers.multi import multi_datamodule
 from torch.utils.data import DistributedSampler
 
 from mmtrain.data.datamodule import MultimodalDataModule
@@ -260,7 +260,7 @@ def test_data_sets_without_per_sample_values_are_refused(tmp_path: Path) -> None
 
 def test_audio_lengths_come_from_headers_or_a_duration_column(tmp_path: Path) -> None:
     import soundfile as sf
-    from test_speech_data import write_librispeech
+    from helpers.speech import write_librispeech
 
     from mmtrain.data.librispeech import LibriSpeechDataset
     from mmtrain.data.transforms import AudioTransform
@@ -308,8 +308,10 @@ def test_audio_lengths_come_from_headers_or_a_duration_column(tmp_path: Path) ->
         decoded.train_dataloader()
 
 
-def test_multi_buckets_each_data_set_that_has_the_column(two_sources, caplog) -> None:  # noqa: F811
-    datamodule = _multi(two_sources, bucket_by="caption", bucket_pool=2, sampling="sequential")
+def test_multi_buckets_each_data_set_that_has_the_column(two_sources, caplog) -> None:
+    datamodule = multi_datamodule(
+        two_sources, bucket_by="caption", bucket_pool=2, sampling="sequential"
+    )
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
     samplers = {name: inner.sampler for name, inner in loader.loaders.items()}
@@ -322,29 +324,28 @@ def test_multi_buckets_each_data_set_that_has_the_column(two_sources, caplog) ->
 # ---- the command line --------------------------------------------------------------------------
 def test_an_unknown_bucket_column_is_one_error_line(scratch, tiny_data) -> None:
     proc = mmtrain(scratch, "fit", *TINY_DATA, *QUIET, "data.bucket_by=nosuch", "debug=fdr")
-    assert proc.returncode == 1, _explain(proc)
-    assert "Traceback" not in proc.stderr + proc.stdout, _explain(proc)
+    assert proc.returncode == 1, explain_run(proc)
+    assert "Traceback" not in proc.stderr + proc.stdout, explain_run(proc)
     lines = [ln for ln in proc.stderr.splitlines() if "data.bucket_by" in ln]
     assert lines == [
         "mmtrain fit: error: data.bucket_by='nosuch' is not a column that the training data "
         "loads; bucket by one of ['audio', 'caption', 'text'] or set data.bucket_by=null"
-    ], _explain(proc)
+    ], explain_run(proc)
 
 
 @pytest.mark.slow
 def test_a_bucketed_run_stopped_and_resumed_is_bit_for_bit_the_same(session_dirs, tmp_path):
     import signal
 
-    from test_resume import _assert_same_run, _fit
-    from test_resume import _explain as explain
+    from helpers.resume import assert_same_run, explain_exit, fit
 
     data, bucket = session_dirs["data"], ["data.bucket_by=audio", "data.bucket_pool=2"]
     reference = tmp_path / "reference"
-    code, out, err = _fit(reference, data, *bucket)
-    assert code == 0, explain(code, out, err)
+    code, out, err = fit(reference, data, *bucket)
+    assert code == 0, explain_exit(code, out, err)
     stopped, last = tmp_path / "stopped", tmp_path / "stopped" / "checkpoints" / "last.ckpt"
-    code, out, err = _fit(stopped, data, *bucket, "+callbacks.probe.signal_at=[8]")
-    assert code == 128 + signal.SIGTERM, explain(code, out, err)
-    code, out, err = _fit(stopped, data, *bucket, f"ckpt_path={last}")
-    assert code == 0, explain(code, out, err)
-    _assert_same_run(reference, stopped)
+    code, out, err = fit(stopped, data, *bucket, "+callbacks.probe.signal_at=[8]")
+    assert code == 128 + signal.SIGTERM, explain_exit(code, out, err)
+    code, out, err = fit(stopped, data, *bucket, f"ckpt_path={last}")
+    assert code == 0, explain_exit(code, out, err)
+    assert_same_run(reference, stopped)

@@ -20,94 +20,25 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUIET, TINY_DATA
-from test_cli import MMTRAIN
+from conftest import TINY_DATA
+from helpers.resume import (
+    RUN,
+    STEPS_PER_EPOCH,
+    assert_same_run,
+    explain_exit,
+    fit,
+    popen_fit,
+)
 
 from mmtrain.data.sampling import POSITION, ResumableSampler, seeded
-
-TESTS = Path(__file__).resolve().parent
-STEPS_PER_EPOCH = 6  # 24 training samples, batches of 4
-RUN = [
-    *TINY_DATA,
-    *QUIET,
-    "trainer.max_epochs=3",
-    "trainer.log_every_n_steps=1",
-    "data.num_workers=2",
-    "data.audio.freq_mask=4",
-    "encoder.image.dropout=0.2",
-    "model.modality_dropout=0.3",
-    "scheduler=cosine",
-    "+callbacks.probe._target_=resume_probe.ResumeProbe",
-    "allowed_targets=[resume_probe.]",
-]
-
-
-def _mmtrain(args: list[str], data: Path, env: dict[str, str] | None = None, **kw):
-    """``mmtrain fit <args>`` in a subprocess that can import the probe."""
-    env = {
-        **{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"},
-        "MMTRAIN_DATA_DIR": str(data),
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-        **(env or {}),
-    }
-    return subprocess.Popen(
-        [*MMTRAIN, "fit", *args],  # the console script: DDP re-runs the command
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **kw,
-    )
-
-
-def _fit(run_dir: Path, data: Path, *extra: str, env: dict[str, str] | None = None):
-    proc = _mmtrain(
-        [*RUN, f"+callbacks.probe.record={run_dir}.jsonl", f"hydra.run.dir={run_dir}", *extra],
-        data,
-        env,
-    )
-    out, err = proc.communicate(timeout=300)
-    return proc.returncode, out, err
-
-
-def _steps(record: Path) -> dict[int, dict]:
-    """The probe's rows by step; a step recorded twice would be a resume that repeated it."""
-    rows: dict[int, dict] = {}
-    for line in record.read_text().splitlines():
-        row = json.loads(line)
-        assert row["step"] not in rows, f"step {row['step']} trained twice"
-        rows[row["step"]] = row
-    return rows
-
-
-def _assert_same_run(reference: Path, resumed: Path) -> None:
-    """Same batches and losses at every step; same weights, optimizer and scheduler state."""
-    want, got = _steps(Path(f"{reference}.jsonl")), _steps(Path(f"{resumed}.jsonl"))
-    assert sorted(got) == sorted(want) == list(range(1, 3 * STEPS_PER_EPOCH + 1))
-    for step, row in want.items():
-        assert got[step] == row, f"step {step} differs:\n{row}\n{got[step]}"
-    a = torch.load(reference / "checkpoints" / "last.ckpt", weights_only=True)
-    b = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
-    assert (a["global_step"], a["epoch"]) == (b["global_step"], b["epoch"])
-    for key, value in a["state_dict"].items():
-        assert torch.equal(value, b["state_dict"][key]), key
-    for key, state in a["optimizer_states"][0]["state"].items():
-        for name, value in state.items():
-            assert torch.equal(value, b["optimizer_states"][0]["state"][key][name]), (key, name)
-    assert a["lr_schedulers"] == b["lr_schedulers"]
-
-
-def _explain(code: int, out: str, err: str) -> str:
-    return f"exit {code}\n--- stdout\n{out[-2000:]}\n--- stderr\n{err[-3000:]}"
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, session_dirs, tiny_data) -> Path:
     """The uninterrupted run."""
     run_dir = tmp_path_factory.mktemp("resume") / "reference"
-    code, out, err = _fit(run_dir, session_dirs["data"])
-    assert code == 0, _explain(code, out, err)
+    code, out, err = fit(run_dir, session_dirs["data"])
+    assert code == 0, explain_exit(code, out, err)
     return run_dir
 
 
@@ -121,19 +52,19 @@ def test_runs_stopped_by_signals_resume_bit_for_bit(reference, session_dirs, tmp
     stops = [([], 5, "SIGTERM"), (resume, STEPS_PER_EPOCH, "SIGUSR1"), (resume, 14, "SIGTERM")]
     for extra, step, name in stops:
         signal_at = [f"+callbacks.probe.signal_at=[{step}]", f"+callbacks.probe.signal_name={name}"]
-        code, out, err = _fit(run_dir, data, *extra, *signal_at)
+        code, out, err = fit(run_dir, data, *extra, *signal_at)
         signum = getattr(signal, name)
-        assert code == 128 + signum, _explain(code, out, err)
+        assert code == 128 + signum, explain_exit(code, out, err)
         lines = [ln for ln in err.splitlines() if ln.startswith("mmtrain fit: stopped by")]
         assert len(lines) == 1, err
         assert f"stopped by {name} at step {step} " in lines[0] and str(last) in lines[0]
         assert "resume with: mmtrain fit" in lines[0] and "Traceback" not in err
-    code, out, err = _fit(run_dir, data, *resume)
-    assert code == 0, _explain(code, out, err)
-    _assert_same_run(reference, run_dir)
+    code, out, err = fit(run_dir, data, *resume)
+    assert code == 0, explain_exit(code, out, err)
+    assert_same_run(reference, run_dir)
     # A resume with a bad override fails at once and leaves the run directory as it was.
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
-    code, out, err = _fit(run_dir, data, *resume, "trainer.max_epochs=abc")
+    code, out, err = fit(run_dir, data, *resume, "trainer.max_epochs=abc")
     assert code == 1 and "trainer.max_epochs" in err and "Traceback" not in err, err
     assert {p: p.read_bytes() for p in before} == before
     assert (run_dir / ".hydra" / "config.yaml").read_bytes() == before[
@@ -149,7 +80,7 @@ def test_a_signal_to_the_process_group_stops_within_seconds_and_resumes(
     they ignore it, and the training process finishes its step, writes its checkpoint and
     exits with 128 + signal; the resumed run continues bit for bit."""
     run_dir, data = tmp_path / "killed", session_dirs["data"]
-    proc = _mmtrain(
+    proc = popen_fit(
         [
             *RUN,  # two data-loader workers
             f"+callbacks.probe.record={run_dir}.jsonl",
@@ -169,24 +100,24 @@ def test_a_signal_to_the_process_group_stops_within_seconds_and_resumes(
     os.killpg(proc.pid, getattr(signal, name))
     out, err = proc.communicate(timeout=60)
     seconds = time.monotonic() - sent
-    assert proc.returncode == 128 + getattr(signal, name), _explain(proc.returncode, out, err)
+    assert proc.returncode == 128 + getattr(signal, name), explain_exit(proc.returncode, out, err)
     assert seconds < 10, f"{seconds:.1f} s from the signal to the exit"
     lines = [ln for ln in err.splitlines() if ln.startswith("mmtrain fit: stopped by")]
     assert len(lines) == 1 and f"stopped by {name} at step " in lines[0], err
     assert "DataLoader worker" not in err and "Traceback" not in err, err
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert 3 <= ckpt["global_step"] < 3 * STEPS_PER_EPOCH
-    code, out, err = _fit(run_dir, data, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
-    assert code == 0, _explain(code, out, err)
-    _assert_same_run(reference, run_dir)
+    code, out, err = fit(run_dir, data, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
+    assert code == 0, explain_exit(code, out, err)
+    assert_same_run(reference, run_dir)
 
 
 def test_a_signal_before_training_still_stops_with_a_checkpoint(session_dirs, tmp_path):
     """SIGTERM during the sanity check (Lightning's own handler would end the run there with
     exit status 0 and no checkpoint): the first step completes, is saved, and the run stops."""
     run_dir = tmp_path / "early"
-    code, out, err = _fit(run_dir, session_dirs["data"], "+callbacks.probe.signal_at=[0]")
-    assert code == 128 + signal.SIGTERM, _explain(code, out, err)
+    code, out, err = fit(run_dir, session_dirs["data"], "+callbacks.probe.signal_at=[0]")
+    assert code == 128 + signal.SIGTERM, explain_exit(code, out, err)
     assert "stopped by SIGTERM at step 1 (epoch 0)" in err
     assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 1
 
@@ -214,15 +145,15 @@ def test_slurm_requeue_writes_the_hpc_checkpoint_and_the_requeued_job_resumes(
     }
     run_dir, data = tmp_path / "slurm", session_dirs["data"]
     signal_at = ["+callbacks.probe.signal_at=[8]", "+callbacks.probe.signal_name=SIGUSR1"]
-    code, out, err = _fit(run_dir, data, *signal_at, env=slurm)
-    assert code == 128 + signal.SIGUSR1, _explain(code, out, err)
+    code, out, err = fit(run_dir, data, *signal_at, env=slurm)
+    assert code == 128 + signal.SIGUSR1, explain_exit(code, out, err)
     assert (run_dir / "hpc_ckpt_1.ckpt").is_file()
     assert calls.read_text().split() == ["requeue", "4242"]
     assert "the job is requeued" in err
-    code, out, err = _fit(run_dir, data, env=slurm)  # the requeued job: the same command
-    assert code == 0, _explain(code, out, err)
+    code, out, err = fit(run_dir, data, env=slurm)  # the requeued job: the same command
+    assert code == 0, explain_exit(code, out, err)
     assert f"requeued SLURM job: resuming from {run_dir / 'hpc_ckpt_1.ckpt'}" in out + err
-    _assert_same_run(reference, run_dir)
+    assert_same_run(reference, run_dir)
 
 
 # ---- the parts ---------------------------------------------------------------------------------
@@ -371,13 +302,13 @@ def test_ddp_runs_stop_together_and_resume_bit_for_bit(session_dirs, tiny_data, 
         "trainer.max_epochs=3",
     ]
     data = session_dirs["data"]
-    code, out, err = _fit(tmp_path / "reference", data, *ddp)
-    assert code == 0, _explain(code, out, err)
+    code, out, err = fit(tmp_path / "reference", data, *ddp)
+    assert code == 0, explain_exit(code, out, err)
     run_dir = tmp_path / "stopped"
-    code, out, err = _fit(run_dir, data, *ddp, "+callbacks.probe.signal_at=[2]")
-    assert code == 128 + signal.SIGTERM, _explain(code, out, err)
-    code, out, err = _fit(run_dir, data, *ddp, f"ckpt_path={run_dir / 'checkpoints/last.ckpt'}")
-    assert code == 0, _explain(code, out, err)
+    code, out, err = fit(run_dir, data, *ddp, "+callbacks.probe.signal_at=[2]")
+    assert code == 128 + signal.SIGTERM, explain_exit(code, out, err)
+    code, out, err = fit(run_dir, data, *ddp, f"ckpt_path={run_dir / 'checkpoints/last.ckpt'}")
+    assert code == 0, explain_exit(code, out, err)
 
     def rows(run: Path) -> list[tuple]:  # both ranks append to the record
         lines = Path(f"{run}.jsonl").read_text().splitlines()

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 from conftest import QUIET
+from helpers.coco import write_coco
+from helpers.manifest import write_manifests
+from helpers.speech import write_librispeech
+from helpers.vqa import write_vqa
 from omegaconf import OmegaConf
-from test_coco_data import write_coco
-from test_manifest import write_manifests
-from test_speech_data import write_librispeech
-from test_vqa import write_vqa
 
 from mmtrain.cli import config_dir
 from mmtrain.run import run

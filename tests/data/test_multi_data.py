@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import csv
-import functools
 import json
-from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from conftest import QUIET
-from test_cli import _explain, _run_dirs, mmtrain
-from test_manifest import sample_rows, write_rows
+from helpers.cli import explain_run, mmtrain, run_dirs
+from helpers.multi import multi_datamodule
 
-from mmtrain.data.manifest import ManifestDataset
-from mmtrain.data.multi import DataSource, MultiDataModule, source_schedule
-from mmtrain.data.transforms import AudioTransform, ImageTransform, WordTokenizer
+from mmtrain.data.multi import source_schedule
+from mmtrain.data.transforms import WordTokenizer
 from mmtrain.errors import MMTrainError
 from mmtrain.run import run
 
@@ -65,44 +61,8 @@ def test_unknown_sampling_is_an_error() -> None:
 
 
 # ---- a data module over two data sets with different columns --------------------------------
-def _strip(rows: list[dict[str, Any]], *columns: str) -> list[dict[str, Any]]:
-    return [{k: v for k, v in r.items() if k not in columns} for r in rows]
-
-
-@pytest.fixture
-def two_sources(tmp_path: Path) -> dict[str, dict[str, Path]]:
-    """``captions``: image + text -> caption (no audio, no label); ``labels``: all -> label."""
-    out = {}
-    for name, n_train, drop in (("captions", 6, ("audio", "label")), ("labels", 9, ("caption",))):
-        folder = tmp_path / name
-        out[name] = {}
-        for split, n in (("train", n_train), ("val", 3)):
-            rows = _strip(sample_rows(folder, f"{name}_{split}", n), *drop)
-            out[name][split] = write_rows(folder / f"{split}.jsonl", rows)
-    return out
-
-
-def _multi(files: dict[str, dict[str, Path]], **kwargs: Any) -> MultiDataModule:
-    dataset = functools.partial(ManifestDataset)
-    sources = {
-        name: DataSource(dataset, train=str(f["train"]), val=str(f["val"]))
-        for name, f in files.items()
-    }
-    defaults: dict[str, Any] = {
-        "sources": sources,
-        "image": ImageTransform(size=16),
-        "text": WordTokenizer(max_length=8),
-        "audio": AudioTransform(n_mels=16),
-        "tokenizers": {"caption": WordTokenizer(max_length=8)},
-        "modalities": ["image", "text", "audio"],
-        "tasks": ["caption", "label"],
-        "batch_size": 2,
-    }
-    return MultiDataModule(**{**defaults, **kwargs})
-
-
 def test_each_data_set_loads_what_it_has_and_vocabularies_are_shared(two_sources) -> None:
-    dm = _multi(two_sources)
+    dm = multi_datamodule(two_sources)
     dm.setup("fit")
     assert dm.columns == {
         "captions": ["image", "text", "caption"],
@@ -114,7 +74,7 @@ def test_each_data_set_loads_what_it_has_and_vocabularies_are_shared(two_sources
     facts = dm.facts()
     assert facts["vocab_size"] == dm.transforms["text"].vocab_size
     state = dm.state_dict()
-    restored = _multi(
+    restored = multi_datamodule(
         two_sources,
         text=WordTokenizer(max_length=8),
         tokenizers={"caption": WordTokenizer(max_length=8)},
@@ -129,7 +89,7 @@ def test_each_data_set_loads_what_it_has_and_vocabularies_are_shared(two_sources
     [("sequential", 8), ("proportional", 8), ("temperature", 8), ("round_robin", 10)],
 )
 def test_training_batches_come_from_one_data_set_each(two_sources, sampling, batches) -> None:
-    dm = _multi(two_sources, sampling=sampling)  # captions: 3 batches, labels: 5
+    dm = multi_datamodule(two_sources, sampling=sampling)  # captions: 3 batches, labels: 5
     dm.setup("fit")
     loader = dm.train_dataloader()
     seen = list(loader)
@@ -146,7 +106,7 @@ def test_training_batches_come_from_one_data_set_each(two_sources, sampling, bat
 
 
 def test_joint_sampling_gives_every_data_set_in_every_step(two_sources) -> None:
-    dm = _multi(two_sources, sampling="joint")
+    dm = multi_datamodule(two_sources, sampling="joint")
     dm.setup("fit")
     loader = dm.train_dataloader()
     iter(loader)
@@ -156,7 +116,7 @@ def test_joint_sampling_gives_every_data_set_in_every_step(two_sources) -> None:
 
 
 def test_validation_has_a_loader_per_data_set(two_sources) -> None:
-    dm = _multi(two_sources, sampling="temperature")
+    dm = multi_datamodule(two_sources, sampling="temperature")
     dm.setup("fit")
     loaders = dm.val_dataloader()
     assert [{s for b in loader for s in b["source"]} for loader in loaders] == [
@@ -167,20 +127,20 @@ def test_validation_has_a_loader_per_data_set(two_sources) -> None:
 
 
 def test_a_task_no_data_set_has_is_a_clear_error(two_sources) -> None:
-    dm = _multi(two_sources, tasks=["caption", "label", "answer"])
+    dm = multi_datamodule(two_sources, tasks=["caption", "label", "answer"])
     with pytest.raises(MMTrainError, match=r"head/answer: none of the data sets .* 'answer'"):
         dm.setup("fit")
 
 
 def test_a_listed_task_the_data_set_lacks_is_a_clear_error(two_sources) -> None:
-    dm = _multi(two_sources)
+    dm = multi_datamodule(two_sources)
     dm.sources["captions"].tasks = ["caption", "label"]
     with pytest.raises(MMTrainError, match=r"data.sources.captions.tasks lists \['label'\]"):
         dm.setup("fit")
 
 
 def test_a_data_set_that_feeds_no_task_is_left_out(two_sources) -> None:
-    dm = _multi(two_sources, tasks=["label"])
+    dm = multi_datamodule(two_sources, tasks=["label"])
     dm.setup("fit")
     assert set(dm.datasets["train"]) == {"labels"}
     assert [b["source"][0] for b in dm.val_dataloader()[0]] == ["labels", "labels"]
@@ -197,7 +157,7 @@ def test_a_data_set_that_feeds_no_task_is_left_out(two_sources) -> None:
 )
 def test_bad_multi_config_is_a_clear_error(two_sources, kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
-        _multi(two_sources, **kwargs)
+        multi_datamodule(two_sources, **kwargs)
 
 
 # ---- end to end -----------------------------------------------------------------------------
@@ -279,8 +239,8 @@ def test_every_weighting_sweeps_from_the_command_line(scratch, tiny_data) -> Non
         *QUIET,
         timeout=600,
     )
-    assert proc.returncode == 0, _explain(proc)
-    runs = _run_dirs(scratch["out"], "metrics.json")
+    assert proc.returncode == 0, explain_run(proc)
+    runs = run_dirs(scratch["out"], "metrics.json")
     assert len(runs) == len(WEIGHTINGS)
     for run_dir in runs:
         metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -182,7 +185,20 @@ def test_recall_batches_and_chunks_give_the_same_result() -> None:
 
 def test_string_ids_hash_stably() -> None:
     # blake2b, not the per-process salted hash(): ranks agree on the keys
-    assert id_to_int("COCO_val2014_000000000042.jpg") == id_to_int("COCO_val2014_000000000042.jpg")
+    # The same key in other processes, whatever their hash salt (as on the ranks of DDP).
+    name = "COCO_val2014_000000000042.jpg"
+    script = f"from mmtrain.metrics.retrieval import id_to_int; print(id_to_int({name!r}))"
+    keys = {
+        subprocess.run(
+            [sys.executable, "-c", script],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for seed in ("1", "2")
+    }
+    assert keys == {str(id_to_int(name))}
     assert id_to_int("a") != id_to_int("b")
     assert id_to_int(7) == 7
 

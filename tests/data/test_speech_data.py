@@ -10,7 +10,6 @@ plain functions, importable by other tests.
 
 from __future__ import annotations
 
-import csv
 import functools
 import hashlib
 import importlib.util
@@ -26,148 +25,19 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import SCRIPTS
+from helpers.speech import (
+    CLOTHO,
+    clotho_captions,
+    librispeech_ids,
+    librispeech_transcript,
+    write_clotho,
+    write_librispeech,
+)
 
 from mmtrain.data.clotho import ClothoDataset
 from mmtrain.data.librispeech import LibriSpeechDataset
 from mmtrain.errors import MMTrainError
-
-REPO = Path(__file__).resolve().parents[1]
-
-# ---- fixture writers --------------------------------------------------------------------------
-# subset -> (speaker, [chapters]); "19" sorts after "103" as a string, as in the release.
-LIBRISPEECH_SPEAKERS = {
-    "train-clean-100": [(103, [1240, 1241]), (19, [198, 227])],
-    "train-clean-360": [(100, [121669, 121674]), (1001, [134707, 134708])],
-    "dev-clean": [(84, [121123, 121550]), (174, [50561, 84280])],
-    "dev-other": [(116, [288045, 288046]), (1255, [138279, 74899])],
-    "test-clean": [(61, [70968, 70970]), (121, [121726, 123852])],
-    "test-other": [(367, [130732, 293981]), (533, [1066, 131556])],
-}
-WORDS = ("CHAPTER", "ONE", "MISSUS", "RACHEL", "LYNDE", "IS", "SURPRISED", "HE'S", "A", "DOOR")
-
-
-def librispeech_transcript(utt_id: str) -> str:
-    """The transcript that :func:`write_librispeech` writes for ``utt_id`` (2 to 4 words)."""
-    seed = int(hashlib.md5(utt_id.encode()).hexdigest()[:8], 16)
-    return " ".join(WORDS[(seed >> (4 * k)) % len(WORDS)] for k in range(2 + seed % 3))
-
-
-def _signal(seed: int, rate: int, length: int | None = None) -> np.ndarray:
-    """A tone in noise, float32 (T,): ``length`` samples, else 0.2-0.5 s."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(length or int(rate * rng.uniform(0.2, 0.5))) / rate
-    tone = 0.3 * np.sin(2 * np.pi * rng.uniform(150, 600) * t)
-    return (tone + rng.normal(0, 0.02, t.shape)).clip(-1, 1).astype(np.float32)
-
-
-def write_librispeech(
-    root: Path, subsets: dict[str, int] | None = None, archive_folder: bool = False
-) -> Path:
-    """Write LibriSpeech subsets: 2 speakers x 2 chapters x ``subsets[name]`` utterances each.
-
-    Each utterance is a 16 kHz mono FLAC tone in noise, 75 ms per transcript character
-    (0.3-3 s), with the transcript :func:`librispeech_transcript` of its id.
-
-    Args:
-        root: the data root.
-        subsets: ``{subset: utterances per chapter}`` of the subsets in
-            ``LIBRISPEECH_SPEAKERS`` (default: train-clean-100: 2, dev-clean and test-clean: 1).
-        archive_folder: write under ``root/LibriSpeech/`` (as the tarballs extract), with the
-            corpus notes (``README.TXT``, ``SPEAKERS.TXT``...).
-
-    Returns:
-        The folder holding the subset folders.
-    """
-    subsets = subsets or {"train-clean-100": 2, "dev-clean": 1, "test-clean": 1}
-    base = root / "LibriSpeech" if archive_folder else root
-    for subset, per_chapter in subsets.items():
-        for speaker, chapters in LIBRISPEECH_SPEAKERS[subset]:
-            for chapter in chapters:
-                folder = base / subset / str(speaker) / str(chapter)
-                folder.mkdir(parents=True, exist_ok=True)
-                lines = []
-                for utt in range(per_chapter):
-                    utt_id = f"{speaker}-{chapter}-{utt:04d}"
-                    # As long as read speech of the transcript (~13 characters a second), so
-                    # that a CTC model with 40 ms frames can align it (frames >= characters).
-                    length = 1200 * len(librispeech_transcript(utt_id))  # 75 ms at 16 kHz
-                    sf.write(
-                        folder / f"{utt_id}.flac",
-                        _signal(chapter + utt, 16000, length),
-                        16000,
-                        format="FLAC",
-                        subtype="PCM_16",
-                    )
-                    lines.append(f"{utt_id} {librispeech_transcript(utt_id)}\n")
-                (folder / f"{speaker}-{chapter}.trans.txt").write_text("".join(lines))
-    if archive_folder:
-        for note in ("README.TXT", "CHAPTERS.TXT", "SPEAKERS.TXT", "BOOKS.TXT", "LICENSE.TXT"):
-            (base / note).write_text(f";{note} of the LibriSpeech ASR corpus\n")
-    return base
-
-
-def _librispeech_ids(subset: str, per_chapter: int) -> list[str]:
-    return sorted(
-        f"{speaker}-{chapter}-{utt:04d}"
-        for speaker, chapters in LIBRISPEECH_SPEAKERS[subset]
-        for chapter in chapters
-        for utt in range(per_chapter)
-    )
-
-
-# subset -> [(file name, captions)]: spaces and a comma in names, quoted commas, an empty cell,
-# a file whose captions are all empty (skipped), rows out of name order.
-CLOTHO = {
-    "development": [
-        ("Waves on a beach, Portugal.wav", ["Waves crash, then recede.", "The sea roars."]),
-        ("00294 footsteps.wav", ["Someone walks on gravel", "", "Feet crunch, slowly, on stones"]),
-        ("Rain 01.wav", ["Rain falls on a tin roof.", "Heavy rain drums, loudly"]),
-    ],
-    "validation": [
-        ("birds_morning.wav", ["Birds chirp at dawn.", "A bird sings, another answers."]),
-        ("Car Passing.wav", ["A car drives by fast.", "", "An engine hums, then fades"]),
-        ("silence.wav", ["", ""]),
-    ],
-    "evaluation": [("Kettle.wav", ["A kettle whistles.", "Water boils, then a whistle"])],
-}
-
-
-def write_clotho(
-    root: Path, subsets: tuple[str, ...] = tuple(CLOTHO), audio_prefix: str = ""
-) -> Path:
-    """Write Clotho v2 subsets: captions CSV (5 caption columns), metadata CSV, 44.1 kHz WAVs.
-
-    Args:
-        root: the data root.
-        subsets: the subsets of ``CLOTHO`` to write.
-        audio_prefix: ``"clotho_audio_"`` names the audio folders as the archives do.
-
-    Returns:
-        ``root``.
-    """
-    for subset in subsets:
-        folder = root / f"{audio_prefix}{subset}"
-        folder.mkdir(parents=True, exist_ok=True)
-        captions, metadata = io.StringIO(), io.StringIO()
-        writer = csv.writer(captions, lineterminator="\r\n")
-        writer.writerow(["file_name", *(f"caption_{k}" for k in range(1, 6))])
-        meta = csv.writer(metadata, lineterminator="\r\n")
-        meta.writerow(["file_name", "keywords", "sound_id", "sound_link", "start_end_samples"])
-        for k, (name, caps) in enumerate(CLOTHO[subset]):
-            sf.write(folder / name, _signal(100 + k, 44100), 44100, subtype="PCM_16")
-            writer.writerow([name, *caps, *[""] * (5 - len(caps))])
-            meta.writerow([name, "sea;waves", 1000 + k, f"https://freesound.org/s/{k}", "[]"])
-        # The release's CSVs start with a byte-order mark.
-        (root / f"clotho_captions_{subset}.csv").write_text(
-            "\ufeff" + captions.getvalue(), encoding="utf-8", newline=""
-        )
-        (root / f"clotho_metadata_{subset}.csv").write_text(metadata.getvalue(), newline="")
-    return root
-
-
-def _clotho_captions(name: str) -> list[str]:
-    caps = {n: c for rows in CLOTHO.values() for n, c in rows}[name]
-    return [c for c in caps if c]
 
 
 @pytest.fixture
@@ -178,7 +48,7 @@ def libri(tmp_path: Path) -> Path:
 # ---- LibriSpeech ------------------------------------------------------------------------------
 def test_librispeech_items_and_ids(libri):
     train = LibriSpeechDataset(str(libri), "train")
-    ids = _librispeech_ids("train-clean-100", 2)
+    ids = librispeech_ids("train-clean-100", 2)
     assert len(train) == 8 and [train[k]["id"] for k in range(8)] == ids
     assert ids[:2] == ["103-1240-0000", "103-1240-0001"]  # string order: "103" < "19"
     assert train.columns == ["audio", "transcript"]
@@ -191,12 +61,12 @@ def test_librispeech_items_and_ids(libri):
     assert item["transcript"].isupper()
     for split, subset in (("val", "dev-clean"), ("test", "test-clean")):
         ds = LibriSpeechDataset(str(libri), split)
-        assert [ds[k]["id"] for k in range(len(ds))] == _librispeech_ids(subset, 1)
+        assert [ds[k]["id"] for k in range(len(ds))] == librispeech_ids(subset, 1)
 
 
 def test_librispeech_columns_values_and_where(libri):
     val = LibriSpeechDataset(str(libri), "val", columns=["transcript"])
-    ids = _librispeech_ids("dev-clean", 1)
+    ids = librispeech_ids("dev-clean", 1)
     assert val.values("transcript") == [librispeech_transcript(i) for i in ids]
     assert val.values("id") == ids
     spk, ch, _ = ids[0].split("-")
@@ -217,9 +87,7 @@ def test_librispeech_multi_subset_splits(tmp_path):
         tmp_path, {"train-clean-100": 1, "train-clean-360": 1, "dev-clean": 1, "dev-other": 1}
     )
     train = LibriSpeechDataset(str(root), "train", train="train-clean-100+train-clean-360")
-    expected = sorted(
-        _librispeech_ids("train-clean-100", 1) + _librispeech_ids("train-clean-360", 1)
-    )
+    expected = sorted(librispeech_ids("train-clean-100", 1) + librispeech_ids("train-clean-360", 1))
     assert train.values("id") == expected
     assert train.subsets == ["train-clean-100", "train-clean-360"]
     val = LibriSpeechDataset(str(root), "val", val=" dev-clean, dev-other ,dev-clean")
@@ -232,7 +100,7 @@ def test_librispeech_archive_folder_root(tmp_path):
     assert base == tmp_path / "LibriSpeech" and (base / "SPEAKERS.TXT").is_file()
     for root in (tmp_path, base):  # the folder holding LibriSpeech/, or LibriSpeech/ itself
         val = LibriSpeechDataset(str(root), "val")
-        assert val.values("id") == _librispeech_ids("dev-clean", 1)
+        assert val.values("id") == librispeech_ids("dev-clean", 1)
         assert val[0]["audio"][1] == 16000
 
 
@@ -346,7 +214,7 @@ def test_librispeech_with_the_data_module(libri):
     assert mask.sum(1).tolist() == [min(s, 16000) // 160 + 1 for s in _val_lengths(libri)]
     tokens, tokens_mask = batch["transcript"], batch["transcript_mask"]
     assert tokens.dtype == torch.long and tokens.shape == tokens_mask.shape and tokens.shape[0] == 4
-    ids = _librispeech_ids("dev-clean", 1)
+    ids = librispeech_ids("dev-clean", 1)
     assert batch["id"] == ids
     assert batch["transcript_references"] == [[librispeech_transcript(i)] for i in ids]
     tok = dm.tokenizers["transcript"]
@@ -387,7 +255,7 @@ def test_librispeech_preset_composes_and_loads(libri, compose_config, tmp_path):
     batch = next(iter(dm.val_dataloader()))
     assert batch["audio"].shape[:2] == (2, 80) and batch["audio_mask"].shape[0] == 2
     assert batch["transcript"].shape == batch["transcript_mask"].shape
-    ids = _librispeech_ids("dev-clean", 1)[:2]
+    ids = librispeech_ids("dev-clean", 1)[:2]
     assert batch["id"] == ids
     assert batch["transcript_references"] == [[librispeech_transcript(i)] for i in ids]
     assert tok.decode(batch["transcript"][0, 1:].tolist()) == tok.normalize(
@@ -400,7 +268,7 @@ def test_clotho_train_pairs_and_val_references(tmp_path):
     root = write_clotho(tmp_path)
     train = ClothoDataset(str(root), "train")
     names = sorted(name for name, _ in CLOTHO["development"])
-    pairs = [(n, c) for n in names for c in _clotho_captions(n)]
+    pairs = [(n, c) for n in names for c in clotho_captions(n)]
     assert len(train) == 6 and [(train[k]["id"], train[k]["caption"]) for k in range(6)] == pairs
     assert set(train[0]) == {"id", "audio", "caption"}  # no references in training
     samples, rate = train[0]["audio"]
@@ -411,9 +279,9 @@ def test_clotho_train_pairs_and_val_references(tmp_path):
     val = ClothoDataset(str(root), "val")  # "silence.wav" has no captions: skipped
     assert [val[k]["id"] for k in range(len(val))] == ["Car Passing.wav", "birds_morning.wav"]
     for k in range(len(val)):
-        refs = _clotho_captions(val[k]["id"])
+        refs = clotho_captions(val[k]["id"])
         assert val[k]["caption_references"] == refs and val[k]["caption"] == refs[0]
-    assert val.values("caption_references") == [_clotho_captions(n) for n in val.values("id")]
+    assert val.values("caption_references") == [clotho_captions(n) for n in val.values("id")]
     assert val.values("audio") == [str(root / "validation" / n) for n in val.values("id")]
     assert val.where(0) == f"{root / 'clotho_captions_validation.csv'}:3"
     test = ClothoDataset(str(root), "test", columns=["caption"])
@@ -496,11 +364,11 @@ def test_clotho_with_the_data_module(tmp_path):
     batch = next(iter(dm.val_dataloader()))
     assert batch["id"] == ["Car Passing.wav", "birds_morning.wav"]
     assert batch["audio"].shape[:2] == (2, 40) and batch["caption"].shape[0] == 2
-    assert batch["caption_references"] == [_clotho_captions(n) for n in batch["id"]]
+    assert batch["caption_references"] == [clotho_captions(n) for n in batch["id"]]
 
 
 # ---- scripts/download_librispeech.py ----------------------------------------------------------
-SCRIPT = REPO / "scripts" / "download_librispeech.py"
+SCRIPT = SCRIPTS / "download_librispeech.py"
 
 
 def _download_script() -> ModuleType:
@@ -575,7 +443,7 @@ def test_download_script_fetches_verifies_and_skips(tmp_path, capsys):
     assert sorted(p.name for p in root.iterdir()) == ["LibriSpeech"]  # no scratch, no archive
     assert (root / "LibriSpeech" / "SPEAKERS.TXT").is_file()
     val = LibriSpeechDataset(str(root), "val")
-    assert val.values("id") == _librispeech_ids("dev-clean", 1)
+    assert val.values("id") == librispeech_ids("dev-clean", 1)
 
     (mirror / "dev-clean.tar.gz").unlink()  # a subset already there is not fetched again
     assert script.main(args) == 0 and "have " in capsys.readouterr().out

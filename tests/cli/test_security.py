@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 import yaml
 from conftest import QUIET, TINY_DATA, compose_cfg
+from helpers.cases import run_cases
 from omegaconf import OmegaConf
-from test_bad_input import run_cases
 
 CPU = ["trainer.accelerator=cpu", *QUIET]
 EVAL_STAGES = ("test", "predict", "validate")  # the stages that rebuild the model from ckpt_path

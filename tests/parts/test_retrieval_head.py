@@ -54,7 +54,7 @@ def test_fit_logs_recall_both_ways(compose_config, tiny_data, tmp_path) -> None:
 
 def test_coco_retrieval_mode_pairs_every_caption_with_its_image(tmp_path) -> None:
     """data.dataset.retrieval=true: one item per (image, caption) in every split, caption = text."""
-    from test_coco_data import write_coco
+    from helpers.coco import write_coco
 
     from mmtrain.data.coco import CaptionDataset
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from conftest import QUIET
-from test_cli import _explain, _run, _run_dirs
-from test_manifest import sample_rows, write_manifests, write_rows
+from helpers.cli import explain_run, run_dirs, run_mmtrain
+from helpers.manifest import sample_rows, write_manifests, write_rows
 
 SMALL = ["data.image.size=32", "data.num_workers=0", "data.batch_size=4"]
 
@@ -30,7 +30,7 @@ def project(tmp_path_factory, session_dirs) -> dict[str, Path]:
 
 
 def mmtrain(project: dict[str, Path], *args: str):
-    return _run(list(args), project["cwd"], project["data"], project["out"])
+    return run_mmtrain(list(args), project["cwd"], project["data"], project["out"])
 
 
 def test_the_shortest_command_classifies_label(project):
@@ -45,8 +45,8 @@ def test_the_shortest_command_classifies_label(project):
         "trainer.max_epochs=1",
         *QUIET,
     )
-    assert proc.returncode == 0, _explain(proc)
-    (run,) = _run_dirs(project["out"] / "manifest_label", "checkpoints/last.ckpt")
+    assert proc.returncode == 0, explain_run(proc)
+    (run,) = run_dirs(project["out"] / "manifest_label", "checkpoints/last.ckpt")
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["val/label/accuracy"] <= 1.0 and "train/loss/label" in metrics
     assert not any(k.startswith(("val/caption", "train/loss/caption")) for k in metrics)
@@ -71,8 +71,8 @@ def fitted(project) -> Path:
         *SMALL,
         *QUIET,
     )
-    assert proc.returncode == 0, _explain(proc)
-    (run,) = _run_dirs(project["out"] / "shapes", "checkpoints/last.ckpt")
+    assert proc.returncode == 0, explain_run(proc)
+    (run,) = run_dirs(project["out"] / "shapes", "checkpoints/last.ckpt")
     return run
 
 
@@ -81,8 +81,8 @@ def test_fit_then_test_on_a_manifest(project, fitted):
     assert 0.0 <= metrics["val/label/accuracy"] <= 1.0
 
     proc = mmtrain(project, "test", f"ckpt_path={fitted / 'checkpoints/last.ckpt'}", *QUIET)
-    assert proc.returncode == 0, _explain(proc)
-    runs = [r for r in _run_dirs(project["out"], "metrics.json") if r != fitted]
+    assert proc.returncode == 0, explain_run(proc)
+    runs = [r for r in run_dirs(project["out"], "metrics.json") if r != fitted]
     run = max(runs, key=lambda r: (r / "metrics.json").stat().st_mtime)
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["test/label/accuracy"] <= 1.0, metrics
@@ -103,11 +103,11 @@ def test_a_bad_line_stops_the_run_naming_file_and_line(project):
         "data.val=data/val.csv",
         *QUIET,
     )
-    assert proc.returncode == 1, _explain(proc)
+    assert proc.returncode == 1, explain_run(proc)
     errors = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
     assert errors == [
         "mmtrain fit: error: data/test.jsonl:2: audio file not found: data/audio/lost.wav"
-    ], _explain(proc)
+    ], explain_run(proc)
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
@@ -116,7 +116,7 @@ def test_predict_on_images_from_a_manifest_checkpoint(project, fitted):
     proc = mmtrain(
         project, "predict", f"ckpt_path={fitted / 'checkpoints/last.ckpt'}", "input=data/images"
     )
-    assert proc.returncode == 0, _explain(proc)
+    assert proc.returncode == 0, explain_run(proc)
     rows = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith('{"file"')]
     assert len(rows) == 12 and {r["label"] for r in rows} <= {"0", "2", "10"}, proc.stdout
 

@@ -9,17 +9,14 @@ torch and take well under a second each.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import yaml
 from conftest import QUIET, TINY_DATA
+from helpers.cli import explain_run, mmtrain, run_dirs, run_mmtrain
 
 from mmtrain.config import config_dir
 from mmtrain.contracts import STAGES
@@ -34,67 +31,10 @@ HEAVY_MODULES = (
 )
 
 
-def _mmtrain_command() -> list[str]:
-    """The installed console script next to this interpreter, else the same entry point."""
-    script = Path(sys.executable).with_name("mmtrain")
-    if script.is_file():
-        return [str(script)]
-    found = shutil.which("mmtrain")
-    if found:
-        return [found]
-    return [sys.executable, "-c", "import sys; from mmtrain.cli import main; sys.exit(main())"]
-
-
-MMTRAIN = _mmtrain_command()
-
-
-def _env(data_dir: Path, output_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    env.update(
-        MMTRAIN_DATA_DIR=str(data_dir),
-        MMTRAIN_OUTPUT_DIR=str(output_dir),
-        OMP_NUM_THREADS="1",
-        PYTHONWARNINGS="ignore",
-    )
-    return env
-
-
-def _run(
-    args: list[str],
-    cwd: Path,
-    data_dir: Path,
-    output_dir: Path,
-    timeout: int = 180,
-    command: list[str] | None = None,
-) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*(command or MMTRAIN), *args],
-        cwd=cwd,
-        env=_env(data_dir, output_dir),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def _explain(proc: subprocess.CompletedProcess) -> str:
-    out, err = proc.stdout[-3000:], proc.stderr[-3000:]
-    return f"exit {proc.returncode}\n--- stdout\n{out}\n--- stderr\n{err}"
-
-
-def mmtrain(scratch: dict[str, Path], *args: str, **kwargs) -> subprocess.CompletedProcess:
-    return _run(list(args), scratch["cwd"], scratch["data"], scratch["out"], **kwargs)
-
-
-def _run_dirs(root: Path, marker: str) -> list[Path]:
-    """Run directories under an output root that hold ``marker`` (a file path inside them)."""
-    return sorted(p.parents[len(Path(marker).parts) - 1] for p in root.glob(f"**/{marker}"))
-
-
 # ---- cheap: no torch ---------------------------------------------------------------------------
 def test_help_lists_the_stages(scratch):
     proc = mmtrain(scratch, "--help")
-    assert proc.returncode == 0, _explain(proc)
+    assert proc.returncode == 0, explain_run(proc)
     assert proc.stdout.startswith("usage: mmtrain <stage>")
     for stage in STAGES:
         assert re.search(rf"^\s+{stage}\s", proc.stdout, re.M), stage
@@ -103,7 +43,7 @@ def test_help_lists_the_stages(scratch):
 
 
 def test_module_entry_point_exit_code(scratch):
-    proc = _run(
+    proc = run_mmtrain(
         [],
         scratch["cwd"],
         scratch["data"],
@@ -115,7 +55,7 @@ def test_module_entry_point_exit_code(scratch):
 
 def test_unknown_stage_gets_did_you_mean(scratch):
     proc = mmtrain(scratch, "fitt")
-    assert proc.returncode == 2, _explain(proc)
+    assert proc.returncode == 2, explain_run(proc)
     assert "unknown stage 'fitt'; did you mean 'fit'?" in proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -148,14 +88,14 @@ def test_help_and_config_composition_import_no_torch(scratch):
 
     (A key that the YAML does not list, under a node with a ``_target_``, imports that target
     to check its signature: ``trainer.max_steps=100`` imports Lightning, as the run will.)"""
-    proc = _run(
+    proc = run_mmtrain(
         [_NO_TORCH_SCRIPT, json.dumps(HEAVY_MODULES)],
         scratch["cwd"],
         scratch["data"],
         scratch["out"],
         command=[sys.executable, "-c"],
     )
-    assert proc.returncode == 0, _explain(proc)
+    assert proc.returncode == 0, explain_run(proc)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["heavy"] == [], f"imported without need: {result['heavy']}"
     assert result["codes"][:3] == [0, None, 0] and 0 not in result["codes"][3:], result
@@ -163,7 +103,7 @@ def test_help_and_config_composition_import_no_torch(scratch):
 
 def test_stage_help_lists_the_config_groups(scratch):
     proc = mmtrain(scratch, "fit", "--help")
-    assert proc.returncode == 0, _explain(proc)
+    assert proc.returncode == 0, explain_run(proc)
     groups = dict(re.findall(r"^([\w/]+): (.+)$", proc.stdout.split("== Composed config")[0], re.M))
     for group in (
         "data",
@@ -192,7 +132,7 @@ def test_cfg_job_prints_the_composed_config(scratch):
     proc = mmtrain(
         scratch, "fit", "--cfg", "job", "fusion=concat", "~encoder/audio", "optimizer.lr=0.123"
     )
-    assert proc.returncode == 0, _explain(proc)
+    assert proc.returncode == 0, explain_run(proc)
     cfg = yaml.safe_load(proc.stdout)
     assert cfg["fusion"]["_target_"] == "mmtrain.fusions.concat.ConcatFusion"
     assert sorted(cfg["encoder"]) == ["image", "text"]
@@ -214,7 +154,7 @@ TARGET_ARGUMENTS = {
 def test_any_argument_of_a_target_is_set_without_plus(scratch):
     args = [f"{key}={value}" for key, value in TARGET_ARGUMENTS.items()]
     proc = mmtrain(scratch, "fit", "--cfg", "job", *args)
-    assert proc.returncode == 0, _explain(proc)
+    assert proc.returncode == 0, explain_run(proc)
     cfg = yaml.safe_load(proc.stdout)
     for key, value in TARGET_ARGUMENTS.items():
         node, leaf = key.split(".")
@@ -223,15 +163,15 @@ def test_any_argument_of_a_target_is_set_without_plus(scratch):
 
 def test_an_unknown_argument_gets_a_did_you_mean_from_the_signature(scratch):
     proc = mmtrain(scratch, "fit", "--cfg", "job", "trainer.fast_dev_runn=true")
-    assert proc.returncode != 0, _explain(proc)
-    assert "did you mean 'trainer.fast_dev_run'?" in proc.stderr, _explain(proc)
+    assert proc.returncode != 0, explain_run(proc)
+    assert "did you mean 'trainer.fast_dev_run'?" in proc.stderr, explain_run(proc)
 
 
 def test_the_run_records_the_overrides_as_typed(scratch, tiny_data):
     run_dir = scratch["out"] / "typed"
     typed = ["trainer.fast_dev_run=true", "optimizer.betas=[0.9,0.95]", *TINY_DATA, *QUIET]
     proc = mmtrain(scratch, "fit", *typed, f"hydra.run.dir={run_dir}", timeout=300)
-    assert proc.returncode == 0, _explain(proc)
+    assert proc.returncode == 0, explain_run(proc)
     recorded = yaml.safe_load((run_dir / ".hydra/overrides.yaml").read_text())
     assert recorded == typed, recorded  # hydra.run.dir is Hydra's own, in hydra.yaml
     config = yaml.safe_load((run_dir / ".hydra/config.yaml").read_text())
@@ -246,8 +186,8 @@ def test_in_process_composition_takes_target_arguments_too(compose_config):
 
 def test_override_typo_gets_did_you_mean(scratch):
     proc = mmtrain(scratch, "fit", "trainer.max_epochz=3")
-    assert proc.returncode != 0, _explain(proc)
-    assert "did you mean 'trainer.max_epochs'?" in proc.stderr, _explain(proc)
+    assert proc.returncode != 0, explain_run(proc)
+    assert "did you mean 'trainer.max_epochs'?" in proc.stderr, explain_run(proc)
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
@@ -268,7 +208,7 @@ def test_did_you_mean_knows_the_keys_of_the_chosen_presets():
 
 def test_unknown_group_option_lists_the_options(scratch):
     proc = mmtrain(scratch, "fit", "fusion=nope")
-    assert proc.returncode != 0, _explain(proc)
+    assert proc.returncode != 0, explain_run(proc)
     assert "fusion/nope" in proc.stderr
     for option in (p.stem for p in (config_dir() / "fusion").glob("*.yaml")):
         assert option in proc.stderr, f"option {option} not listed:\n{proc.stderr}"
@@ -285,7 +225,7 @@ def test_unknown_group_option_lists_the_options(scratch):
 )
 def test_hydra_errors_that_would_be_tracebacks_are_one_line(scratch, args, says):
     proc = mmtrain(scratch, "fit", *args)
-    assert proc.returncode == 2, _explain(proc)
+    assert proc.returncode == 2, explain_run(proc)
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and says in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
 
@@ -331,7 +271,7 @@ def bad_inputs(tmp_path_factory, session_dirs, tiny_data) -> dict[str, dict]:
             *run_dir,
         ],
     }
-    from test_bad_input import run_cases  # the one-process harness (it imports this module)
+    from helpers.cases import run_cases  # the one-process harness
 
     named = [{"name": name, "argv": argv} for name, argv in cases.items()]
     results, _ = run_cases(named, tmp, session_dirs["data"], tmp / "outputs")
@@ -390,8 +330,8 @@ def fitted(tmp_path_factory, session_dirs, tiny_data) -> dict:
     scratch = {"cwd": tmp / "cwd", "data": session_dirs["data"], "out": tmp / "outputs"}
     scratch["cwd"].mkdir()
     proc = mmtrain(scratch, "fit", *TINY_DATA, "debug=limit", *QUIET)
-    assert proc.returncode == 0, _explain(proc)
-    runs = _run_dirs(scratch["out"], "checkpoints/last.ckpt")
+    assert proc.returncode == 0, explain_run(proc)
+    runs = run_dirs(scratch["out"], "checkpoints/last.ckpt")
     assert len(runs) == 1, runs
     return {"proc": proc, "run": runs[0], "scratch": scratch}
 
@@ -434,8 +374,8 @@ def test_test_from_the_checkpoint(fitted, tmp_path, session_dirs):
     scratch = {"cwd": tmp_path, "data": session_dirs["data"], "out": tmp_path / "outputs"}
     ckpt = fitted["run"] / "checkpoints/last.ckpt"
     proc = mmtrain(scratch, "test", f"ckpt_path={ckpt}", *QUIET)
-    assert proc.returncode == 0, _explain(proc)
-    (run,) = _run_dirs(scratch["out"], "metrics.json")
+    assert proc.returncode == 0, explain_run(proc)
+    (run,) = run_dirs(scratch["out"], "metrics.json")
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["test/label/accuracy"] <= 1.0
     assert all(k.startswith("test/") for k in metrics), metrics
@@ -455,8 +395,8 @@ def test_predict_from_the_checkpoint(fitted, tmp_path, session_dirs):
     proc = mmtrain(
         scratch, "predict", f"ckpt_path={fitted['run'] / 'checkpoints/last.ckpt'}", *QUIET
     )
-    assert proc.returncode == 0, _explain(proc)
-    (run,) = _run_dirs(scratch["out"], "predictions/label_test.jsonl")
+    assert proc.returncode == 0, explain_run(proc)
+    (run,) = run_dirs(scratch["out"], "predictions/label_test.jsonl")
     lines = (run / "predictions/label_test.jsonl").read_text().splitlines()
     assert len(lines) == 8 and all(set(json.loads(ln)) == {"id", "prediction"} for ln in lines)
 
@@ -465,8 +405,8 @@ def test_multirun_gives_one_run_directory_per_job(scratch, tiny_data):
     proc = mmtrain(
         scratch, "fit", "-m", "optimizer.lr=1e-3,1e-4", *TINY_DATA, "debug=fdr", *QUIET, timeout=300
     )
-    assert proc.returncode == 0, _explain(proc)
-    (sweep,) = {p.parent for p in _run_dirs(scratch["out"], "metrics.json")}
+    assert proc.returncode == 0, explain_run(proc)
+    (sweep,) = {p.parent for p in run_dirs(scratch["out"], "metrics.json")}
     assert re.fullmatch(
         r"shapes/multirun/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d",
         sweep.relative_to(scratch["out"]).as_posix(),

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.modules import randomize_batchnorm
 from torch import Tensor, nn
 
 from mmtrain.build import build_datamodule
@@ -33,17 +34,6 @@ def _padded_ids(seed: int = 0, garbage: bool = True) -> tuple[Tensor, Tensor]:
     if not garbage:
         ids[~mask] = PAD
     return ids, mask
-
-
-def _randomize_batchnorm(module: nn.Module) -> None:
-    # Non-trivial running statistics, so "eval mode" does not hide padding effects.
-    g = torch.Generator().manual_seed(3)
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) * 2 - 1)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
 
 
 # ---- LSTM ----------------------------------------------------------------------------------
@@ -208,7 +198,7 @@ def test_ast_patch_tokens_by_hand():
     + time position t + frequency position f (checked at the Transformer's input)."""
     torch.manual_seed(0)
     encoder = ASTEncoder(16, patch_freq=8, patch_time=4, dim=8, num_heads=2, num_layers=1).eval()
-    _randomize_batchnorm(encoder)
+    randomize_batchnorm(encoder)
     x, mask = torch.randn(2, 16, 10), _frame_mask([10, 6], 10)
     seen = {}
     encoder.encoder.register_forward_hook(lambda m, args, out: seen.update(tokens=args[0]))
@@ -230,7 +220,7 @@ def test_ast_patch_tokens_by_hand():
 def test_ast_padded_and_unpadded_clips_give_the_same_tokens():
     torch.manual_seed(0)
     encoder = ASTEncoder(40, patch_freq=8, patch_time=8, dim=32, dropout=0.5).eval()
-    _randomize_batchnorm(encoder)
+    randomize_batchnorm(encoder)
     g = torch.Generator().manual_seed(0)
     clip = torch.randn(1, 40, 30, generator=g)  # 30 frames: the 4th patch is half padding
     garbage = torch.randn(1, 40, 20, generator=g) * 100  # whatever sits in the padding

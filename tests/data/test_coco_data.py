@@ -10,87 +10,20 @@ from __future__ import annotations
 
 import functools
 import json
-import random
 import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from helpers.coco import caption_text, write_coco, write_jpeg
 from PIL import Image
 
 from mmtrain.data.coco import CaptionDataset
 from mmtrain.errors import MMTrainError
 
+
 # image id -> (JPEG mode, number of captions); listed out of id order, as in the release.
-TRAIN_IMAGES = {42: ("RGB", 5), 9: ("L", 6), 25: ("CMYK", 7), 30: ("RGB", 0)}
-VAL_IMAGES = {285: ("RGB", 5), 632: ("L", 7), 139: ("CMYK", 6), 724: ("RGB", 0)}
-ENDINGS = ("\n", " ", "", "  \n")
-
-
-def _caption(image_id: int, k: int) -> str:
-    """A raw caption as in the release: capitals, punctuation, stray whitespace."""
-    words = "A Dog, on a BEACH." if k % 2 else "the  man's red kite!"
-    return f"{' ' if k == 3 else ''}{words} (image {image_id}, #{k}){ENDINGS[k % len(ENDINGS)]}"
-
-
-def _write_jpeg(path: Path, mode: str, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    rgb = Image.fromarray(rng.integers(0, 256, (16 + seed % 5, 24, 3), dtype=np.uint8))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rgb.convert(mode).save(path, quality=90)
-
-
-def _official_name(split: str, year: int, image_id: int) -> str:
-    return f"COCO_{split}{year}_{image_id:012d}.jpg" if year == 2014 else f"{image_id:012d}.jpg"
-
-
-def write_coco(root: Path, year: int = 2017) -> dict[str, dict[int, list[str]]]:
-    """Write the official layout; return ``{split: {image id: stripped captions in id order}}``."""
-    rng = random.Random(year)
-    ann_ids = iter(rng.sample(range(1, 900_000), 64))  # sparse, not in image order
-    expected: dict[str, dict[int, list[str]]] = {}
-    for split, table in (("train", TRAIN_IMAGES), ("val", VAL_IMAGES)):
-        images, annotations = [], []
-        for image_id, (mode, n) in table.items():
-            name = _official_name(split, year, image_id)
-            _write_jpeg(root / f"{split}{year}" / name, mode, image_id)
-            images.append(
-                {
-                    "license": 3,
-                    "file_name": name,
-                    "coco_url": f"http://images.cocodataset.org/{split}{year}/{name}",
-                    "height": 16 + image_id % 5,
-                    "width": 24,
-                    "date_captured": "2013-11-14 11:18:45",
-                    "id": image_id,
-                }
-            )
-            annotations += [
-                {"image_id": image_id, "id": next(ann_ids), "caption": _caption(image_id, k)}
-                for k in range(n)
-            ]
-        rng.shuffle(annotations)  # the release does not group annotations by image
-        by_id = sorted(annotations, key=lambda a: a["id"])
-        expected[split] = {
-            i: [a["caption"].strip() for a in by_id if a["image_id"] == i]
-            for i in sorted(table)
-            if table[i][1]
-        }
-        (root / "annotations").mkdir(parents=True, exist_ok=True)
-        (root / "annotations" / f"captions_{split}{year}.json").write_text(
-            json.dumps(
-                {
-                    "info": {"description": "COCO", "year": year},
-                    "licenses": [{"id": 3, "name": "Attribution-NonCommercial-NoDerivs"}],
-                    "images": images,
-                    "annotations": annotations,
-                }
-            )
-        )
-    return expected
-
-
 @pytest.fixture
 def coco(tmp_path: Path) -> tuple[Path, dict[str, dict[int, list[str]]]]:
     root = tmp_path / "coco"
@@ -240,13 +173,13 @@ def write_karpathy_coco(root: Path, images_2017: bool = False) -> Path:
         filename = f"COCO_{folder}_{cocoid:012d}.jpg"
         if images_2017:
             folder17 = "val2017" if cocoid == 139 else "train2017"
-            _write_jpeg(root / folder17 / f"{cocoid:012d}.jpg", "RGB", cocoid)
+            write_jpeg(root / folder17 / f"{cocoid:012d}.jpg", "RGB", cocoid)
         else:
-            _write_jpeg(root / folder / filename, "L" if cocoid == 15 else "RGB", cocoid)
+            write_jpeg(root / folder / filename, "L" if cocoid == 15 else "RGB", cocoid)
         sentences = [
             {
-                "tokens": _caption(cocoid, k).lower().split(),
-                "raw": _caption(cocoid, k),
+                "tokens": caption_text(cocoid, k).lower().split(),
+                "raw": caption_text(cocoid, k),
                 "imgid": imgid,
                 "sentid": sentid + k,
             }
@@ -272,7 +205,7 @@ def write_karpathy_coco(root: Path, images_2017: bool = False) -> Path:
 
 
 def _captions(cocoid: int) -> list[str]:
-    return [_caption(cocoid, k).strip() for k in range(KARPATHY[cocoid][2])]
+    return [caption_text(cocoid, k).strip() for k in range(KARPATHY[cocoid][2])]
 
 
 @pytest.mark.parametrize("restval", [True, False])
@@ -319,8 +252,8 @@ def write_flickr(root: Path, format: str, names: dict[str, str], with_imgid: boo
     folder = {"flickr8k": "Flicker8k_Dataset", "flickr30k": "flickr30k-images"}[format]
     entries = []
     for imgid, (filename, split) in enumerate(names.items()):
-        _write_jpeg(root / folder / filename, "RGB", imgid)
-        raws = [_caption(imgid, k) for k in range(5)]
+        write_jpeg(root / folder / filename, "RGB", imgid)
+        raws = [caption_text(imgid, k) for k in range(5)]
         entry: dict[str, Any] = {
             "sentids": list(range(5 * imgid, 5 * imgid + 5)),
             "filename": filename,
@@ -340,10 +273,10 @@ def test_flickr8k_split_file(tmp_path):
     root = str(tmp_path / "f8k")
     train = CaptionDataset(root, "train", split_file=split_file, format="flickr8k")
     assert len(train) == 10 and [train[k]["id"] for k in (0, 5)] == ["0", "2"]
-    assert train[0]["caption"] == _caption(0, 0).strip() and train[5]["image"].mode == "RGB"
+    assert train[0]["caption"] == caption_text(0, 0).strip() and train[5]["image"].mode == "RGB"
     test = CaptionDataset(root, "test", split_file=split_file, format="flickr8k")
     assert len(test) == 1 and test[0]["id"] == "3"
-    assert test[0]["caption_references"] == [_caption(3, k).strip() for k in range(5)]
+    assert test[0]["caption_references"] == [caption_text(3, k).strip() for k in range(5)]
     assert test.values("image") == [
         str(tmp_path / "f8k/Flicker8k_Dataset/3385593926_d3e9c21170.jpg")
     ]
