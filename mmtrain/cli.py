@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from mmtrain.config import (
+    CommandLine,
     as_typed,
+    compose_command,
     config_dir,
+    suggest_keys,
     target_arguments,
-    target_parameters,
     without_plain_keys,
 )
 from mmtrain.contracts import STAGES
@@ -58,102 +60,22 @@ examples:
 """
 
 
-def _flatten(node: Any, prefix: str = "") -> list[str]:
-    from omegaconf import DictConfig
-
-    keys = []
-    if isinstance(node, DictConfig):
-        for key in node:
-            path = f"{prefix}.{key}" if prefix else str(key)
-            keys.append(path)
-            keys += _flatten(node._get_node(key), path)
-    return keys
-
-
-def suggest_keys(stage: str, overrides: list[str]) -> list[str]:
-    """Did-you-mean lines for ``key=value`` overrides whose key is not in the config."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import DictConfig, OmegaConf
-
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception:
-        return []
-    folders = {p.relative_to(config_dir()).as_posix() for p in config_dir().rglob("*/")}
-    groups = [
-        o.input_line
-        for o in parsed
-        if "/" in o.key_or_group or o.key_or_group in folders or o.value_type is None
-    ]  # experiment=..., data=...: without them, the keys of their presets look unknown
-    lines = []
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(str(config_dir()), version_base="1.3"):
-            base = None
-            for candidate in (overrides, groups, []):  # the richest config that composes
-                try:
-                    base = compose(
-                        stage,
-                        overrides=[
-                            o for o in candidate if "=" in o and not o.startswith(("+", "~"))
-                        ],
-                    )
-                    break
-                except Exception:
-                    continue
-    finally:
-        GlobalHydra.instance().clear()
-    if base is None:
-        return []
-    known = _flatten(base)
-    for o in parsed:
-        key = o.key_or_group
-        if o.is_add() or o.is_force_add() or o.is_delete() or key.startswith("hydra"):
-            continue
-        parent, _, leaf = key.rpartition(".")
-        node = OmegaConf.select(base, parent, default=None) if parent else base
-        known_key = isinstance(node, DictConfig) and leaf in list(node)  # a "???" value too
-        if "/" not in key and not known_key:
-            # the arguments of the node's _target_ can be set too (mmtrain.config)
-            arguments = target_parameters(node, list(base.get("allowed_targets") or [])) or []
-            close = difflib.get_close_matches(
-                key, known + [f"{parent}.{a}" for a in arguments], n=1, cutoff=0.8
-            )
-            if close:
-                lines.append(f"mmtrain: unknown key '{key}'; did you mean '{close[0]}'?")
-    return lines
-
-
-def plain_target_arguments(stage: str, argv: list[str]) -> dict[str, str]:
-    """The plain overrides of ``argv`` that set an argument of a node's ``_target_`` missing
-    from the YAML (``trainer.fast_dev_run=true``): ``{as typed: with the "+" Hydra needs}``.
+def plain_target_arguments(stage: str, line: CommandLine) -> dict[str, str]:
+    """The plain overrides that set an argument of a node's ``_target_`` missing from the YAML
+    (``trainer.fast_dev_run=true``): ``{as typed: with the "+" Hydra needs}``.
 
     The config is composed (no torch) without the plain ``key=value`` overrides, so that a
     sweep over them (``-m trainer.max_steps=1,2``) is checked too; nothing when it does not
     compose (Hydra then reports the problem itself). See :mod:`mmtrain.config`.
     """
-    from hydra._internal.utils import get_args_parser
-
-    try:
-        args = get_args_parser().parse_args(argv)
-    except (Exception, SystemExit):
+    if not any("." in o.partition("=")[0] for o in line.overrides):
         return {}
-    if not any("." in o.partition("=")[0] for o in args.overrides):
+    base = CommandLine.parse(without_plain_keys(line.overrides))
+    if base is None:
         return {}
-    base = type(args)(**{**vars(args), "overrides": without_plain_keys(args.overrides)})
-    return target_arguments(args.overrides, _compose(stage, base, multirun=args.multirun))
-
-
-def _overrides_of(argv: list[str]) -> list[str]:
-    """The overrides among ``argv`` (not Hydra's options and their values: ``--cfg job``)."""
-    from hydra._internal.utils import get_args_parser
-
-    try:
-        return list(get_args_parser().parse_args(argv).overrides)
-    except (Exception, SystemExit):
-        return [a for a in argv if not a.startswith("-")]
+    base.args.config_dir = line.args.config_dir
+    cfg = compose_command(stage, base, multirun=line.args.multirun)
+    return target_arguments(line.overrides, cfg)
 
 
 def _quote(value: str) -> str:
@@ -162,7 +84,7 @@ def _quote(value: str) -> str:
     return f"'{escaped}'" if "'" not in value else '"' + escaped.replace('"', '\\"') + '"'
 
 
-def resume_sweep(stage: str, argv: list[str]) -> tuple[list[str], dict[str, list[str]] | None]:
+def resume_sweep(stage: str, line: CommandLine) -> tuple[list[str], dict[str, list[str]] | None]:
     """``resume=true`` in a sweep: reuse the latest sweep directory with the same overrides.
 
     The config is composed as Hydra will compose it (no torch) to find ``paths.log_dir`` and
@@ -170,7 +92,7 @@ def resume_sweep(stage: str, argv: list[str]) -> tuple[list[str], dict[str, list
 
     Args:
         stage: the primary config.
-        argv: the command line after the stage (overrides and Hydra options).
+        line: the command line after the stage.
 
     Returns:
         The arguments to add (``hydra.sweep.dir=<found>``, or none) and, when resuming, the
@@ -178,30 +100,21 @@ def resume_sweep(stage: str, argv: list[str]) -> tuple[list[str], dict[str, list
         ``([], None)`` when there is nothing to resume or the config does not compose (Hydra
         then reports the problem itself).
     """
-    from hydra._internal.utils import get_args_parser
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    try:
-        args = get_args_parser().parse_args(argv)
-        parsed = OverridesParser.create().parse_overrides(args.overrides)
-    except (Exception, SystemExit):
+    args = line.args
+    wanted = line.last("resume")
+    if wanted is None or wanted.is_sweep_override() or args.cfg or args.help:
         return [], None
-    wanted = [
-        o
-        for o in parsed
-        if o.key_or_group == "resume" and not o.is_delete() and not o.is_sweep_override()
-    ]
-    if not wanted or str(wanted[-1].value()).lower() != "true" or args.cfg or args.help:
+    if str(wanted.value()).lower() != "true":
         return [], None
-    given = [o for o in parsed if o.key_or_group == "hydra.sweep.dir"]
-    if given:  # the user names the sweep directory: Hydra reuses it as it is
-        return [], _jobs_in(Path(str(given[-1].value())))
+    given = line.last("hydra.sweep.dir")
+    if given is not None:  # the user names the sweep directory: Hydra reuses it as it is
+        return [], _jobs_in(Path(str(given.value())))
 
     from hydra.types import RunMode
 
     from mmtrain.utils.sweep import find_sweep_dir
 
-    cfg = _compose(stage, args, multirun=True)
+    cfg = compose_command(stage, line, multirun=True)
     if cfg is None:
         return [], None
     multirun = args.multirun or cfg.hydra.mode == RunMode.MULTIRUN
@@ -223,36 +136,7 @@ def resume_sweep(stage: str, argv: list[str]) -> tuple[list[str], dict[str, list
     return [f"hydra.sweep.dir={_quote(str(found))}"], _jobs_in(found)
 
 
-def _compose(stage: str, args: Any, multirun: bool) -> Any:
-    """The config as Hydra will compose it for ``args`` (parsed argv), without torch; None
-    when it does not compose (Hydra then reports the problem itself)."""
-    from hydra._internal.hydra import Hydra
-    from hydra._internal.utils import create_config_search_path
-    from hydra.core.config_search_path import SearchPathQuery
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.types import RunMode
-
-    GlobalHydra.instance().clear()
-    try:
-        search_path = create_config_search_path(f"file://{config_dir()}")
-        if args.config_dir:  # as Hydra adds --config-dir DIR
-            search_path.prepend(
-                "command-line",
-                f"file://{Path(args.config_dir).resolve()}",
-                anchor=SearchPathQuery(provider="schema"),
-            )
-        hydra = Hydra.create_main_hydra2(task_name="mmtrain", config_search_path=search_path)
-        mode = RunMode.MULTIRUN if multirun else RunMode.RUN
-        return hydra.compose_config(
-            stage, args.overrides, run_mode=mode, validate_sweep_overrides=False
-        )
-    except Exception:
-        return None
-    finally:
-        GlobalHydra.instance().clear()
-
-
-def resume_last(stage: str, argv: list[str]) -> list[str]:
+def resume_last(stage: str, line: CommandLine) -> list[str]:
     """``ckpt_path=last``: the ``last.ckpt`` of the newest run of the same experiment (``name``).
 
     ``fit`` also reuses that run's directory (``hydra.run.dir``), so the resumed run writes its
@@ -265,22 +149,14 @@ def resume_last(stage: str, argv: list[str]) -> list[str]:
         SystemExit: (exit 1, one message) when no earlier run of the experiment has a
             ``last.ckpt``.
     """
-    from hydra._internal.utils import get_args_parser
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    try:
-        args = get_args_parser().parse_args(argv)
-        parsed = OverridesParser.create().parse_overrides(args.overrides)
-    except (Exception, SystemExit):
+    args, wanted = line.args, line.last("ckpt_path")
+    if wanted is None or str(wanted.value()) != "last" or args.multirun or args.cfg or args.help:
         return []
-    wanted = [o for o in parsed if o.key_or_group == "ckpt_path" and not o.is_delete()]
-    if not wanted or str(wanted[-1].value()) != "last" or args.multirun or args.cfg or args.help:
-        return []
-    cfg = _compose(stage, args, multirun=False)
+    cfg = compose_command(stage, line, multirun=False)
     if cfg is None:
         return []
-    given = [o for o in parsed if o.key_or_group == "hydra.run.dir" and not o.is_delete()]
-    run_dir = Path(str(given[-1].value())) if given else None
+    given = line.last("hydra.run.dir")
+    run_dir = Path(str(given.value())) if given is not None else None
     root = Path(str(cfg.paths.log_dir)) / str(cfg.name)
     # run directories are <log_dir>/<name>/<date>/<time>/ (multirun/ holds sweeps: not these)
     found = sorted(
@@ -314,7 +190,7 @@ def resume_last(stage: str, argv: list[str]) -> list[str]:
     return extra
 
 
-def keep_run_config(stage: str, argv: list[str]) -> list[str]:
+def keep_run_config(stage: str, line: CommandLine, extra: list[str]) -> list[str]:
     """A run reusing a run directory (resuming it) keeps that directory's ``.hydra/``.
 
     Hydra writes the composed config into ``<run dir>/.hydra/`` before mmtrain sees it, so a
@@ -322,20 +198,20 @@ def keep_run_config(stage: str, argv: list[str]) -> list[str]:
     command names a ``hydra.run.dir`` that already has ``.hydra/config.yaml``, this run's
     config goes to ``.hydra/<stage>-<date>_<time>/`` instead.
 
+    Args:
+        stage: the stage.
+        line: the command line after the stage.
+        extra: the overrides mmtrain adds to it (``hydra.run.dir`` of ``ckpt_path=last``).
+
     Returns:
         ``[hydra.output_subdir=...]``, or nothing.
     """
-    from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    try:
-        args = get_args_parser().parse_args(argv)
-        parsed = OverridesParser.create().parse_overrides(args.overrides)
-    except (Exception, SystemExit):
-        return []
+    parsed = [*line.parsed, *OverridesParser.create().parse_overrides(extra)]
     keys = {o.key_or_group: o for o in parsed if not o.is_delete()}
     run_dir = keys.get("hydra.run.dir")
-    if run_dir is None or "hydra.output_subdir" in keys or args.multirun or args.cfg:
+    if run_dir is None or "hydra.output_subdir" in keys or line.args.multirun or line.args.cfg:
         return []
     if not (Path(str(run_dir.value())) / ".hydra" / "config.yaml").is_file():
         return []
@@ -420,15 +296,9 @@ def sweep_job(stage: str, cfg: Any, previous: dict[str, list[str]] | None) -> fl
     return sweep.objective_of(metrics, objective)
 
 
-def _null_group(argv: list[str]) -> str | None:
+def _null_group(line: CommandLine) -> str | None:
     """The first ``<group>=null`` override (Hydra answers it with a traceback), else None."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    try:
-        parsed = OverridesParser.create().parse_overrides([a for a in argv if "=" in a])
-    except Exception:  # Hydra reports a malformed override itself, in one message
-        return None
-    for override in parsed:
+    for override in line.parsed:
         key = override.key_or_group
         group = "/" in key or (config_dir() / key).is_dir()
         if group and not override.is_delete() and override.value() is None:
@@ -498,7 +368,7 @@ def main(argv: list[str] | None = None) -> Any:
 
         return report_main(rest)
     if stage == "shard":  # not a Hydra stage: a data preset's splits as tar shards
-        from mmtrain.shard import main as shard_main
+        from mmtrain.data.shard import main as shard_main
 
         return shard_main(rest)
     if stage not in STAGES:
@@ -523,7 +393,8 @@ def main(argv: list[str] | None = None) -> Any:
     if len(modes) > 1:  # Hydra raises this with a traceback
         print(f"mmtrain {stage}: {' and '.join(modes)} do not go together", file=sys.stderr)
         sys.exit(2)
-    null_group = _null_group(rest)
+    line = CommandLine.parse(rest)  # None: Hydra reports what does not parse, in one message
+    null_group = _null_group(line) if line is not None else None
     if null_group:
         print(
             f"mmtrain {stage}: {null_group}=null: a config group is removed with "
@@ -535,12 +406,17 @@ def main(argv: list[str] | None = None) -> Any:
     import hydra
 
     # trainer.fast_dev_run=true: Hydra needs a "+" for an argument that the YAML does not list
-    added = plain_target_arguments(stage, rest)
-    rest = [added.get(a, a) for a in rest]
+    added = plain_target_arguments(stage, line) if line is not None else {}
+    if added:
+        rest = [added.get(a, a) for a in rest]
+        line = CommandLine.parse(rest)
     started = False
-    extra, previous = resume_sweep(stage, rest)
-    extra += resume_last(stage, rest)
-    extra += keep_run_config(stage, [*rest, *extra])
+    extra: list[str] = []
+    previous = None
+    if line is not None:
+        extra, previous = resume_sweep(stage, line)
+        extra += resume_last(stage, line)
+        extra += keep_run_config(stage, line, extra)
 
     def task(cfg: Any) -> Any:
         nonlocal started
@@ -598,8 +474,9 @@ def main(argv: list[str] | None = None) -> Any:
         return hydra_main(task)()
     except SystemExit as exit_:
         if not started and exit_.code not in (0, None):
-            for line in suggest_keys(stage, _overrides_of(rest)):
-                print(line, file=sys.stderr)
+            overrides = line.overrides if line is not None else rest
+            for hint in suggest_keys(stage, overrides):
+                print(hint, file=sys.stderr)
         raise
 
 

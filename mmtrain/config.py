@@ -1,4 +1,6 @@
-"""The config layer, torch-free: where the config tree is, and which overrides it takes.
+"""The config layer, torch-free: where the config tree is, the command line parsed once
+(:class:`CommandLine`), composition (:func:`compose`, :func:`compose_command`), which overrides
+the tree takes, and the did-you-mean for those it does not (:func:`suggest_keys`).
 
 Any argument of a node's ``_target_`` can be set with a plain ``key=value``, whether or not the
 YAML lists it: ``trainer.fast_dev_run=true``, ``trainer.max_steps=100``,
@@ -12,8 +14,10 @@ refuses it, and the CLI adds a did-you-mean. The user's spelling is what ``.hydr
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +165,124 @@ def task_config(stage: str, overrides: Sequence[str] = (), output_dir: str | Non
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg
+
+
+@dataclass
+class CommandLine:
+    """The command line after the stage, parsed once: Hydra's options (``args``: ``overrides``,
+    ``multirun``, ``cfg``, ``help``, ``config_dir``...) and each override, parsed (``parsed``).
+
+    Hydra's own argument parser is private (``hydra._internal.utils.get_args_parser``); it is
+    used here, once, so that the options mean what they mean to ``@hydra.main``.
+    """
+
+    args: Any
+    parsed: list[Any]
+
+    @classmethod
+    def parse(cls, argv: Sequence[str]) -> CommandLine | None:
+        """None when the command line does not parse (Hydra then reports the problem)."""
+        from hydra._internal.utils import get_args_parser
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        try:
+            args = get_args_parser().parse_args(list(argv))
+            return cls(args, OverridesParser.create().parse_overrides(args.overrides))
+        except (Exception, SystemExit):
+            return None
+
+    @property
+    def overrides(self) -> list[str]:
+        """The overrides as typed."""
+        return list(self.args.overrides)
+
+    def last(self, key: str) -> Any:
+        """The last override that sets ``key`` (not a ``~key`` deletion), or None."""
+        found = [o for o in self.parsed if o.key_or_group == key and not o.is_delete()]
+        return found[-1] if found else None
+
+
+def compose_command(stage: str, line: CommandLine, multirun: bool) -> Any:
+    """The config that Hydra will compose for ``line`` (without torch), ``hydra`` node
+    included; None when it does not compose (Hydra then reports the problem itself).
+
+    ``--config-dir DIR`` joins the search path as ``hydra.searchpath``; with ``multirun``, the
+    sweep overrides are left out, as Hydra composes a sweep's own config.
+    """
+    items = [o.input_line for o in line.parsed if not (multirun and o.is_sweep_override())]
+    if line.args.config_dir:
+        items.append(f"hydra.searchpath=[file://{Path(line.args.config_dir).resolve()}]")
+    try:
+        return compose(stage, items, return_hydra_config=True)
+    except Exception:
+        return None
+
+
+def _flatten(node: Any, prefix: str = "") -> list[str]:
+    """Every key path of ``node`` (``data``, ``data.image``, ``data.image.size``...)."""
+    from omegaconf import DictConfig
+
+    keys = []
+    if isinstance(node, DictConfig):
+        for key in node:
+            path = f"{prefix}.{key}" if prefix else str(key)
+            keys.append(path)
+            keys += _flatten(node._get_node(key), path)
+    return keys
+
+
+def suggest_keys(stage: str, overrides: list[str]) -> list[str]:
+    """Did-you-mean lines for ``key=value`` overrides whose key is not in the config."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import DictConfig, OmegaConf
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception:
+        return []
+    folders = {p.relative_to(config_dir()).as_posix() for p in config_dir().rglob("*/")}
+    groups = [
+        o.input_line
+        for o in parsed
+        if "/" in o.key_or_group or o.key_or_group in folders or o.value_type is None
+    ]  # experiment=..., data=...: without them, the keys of their presets look unknown
+    lines = []
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(config_dir()), version_base="1.3"):
+            base = None
+            for candidate in (overrides, groups, []):  # the richest config that composes
+                try:
+                    base = hydra_compose(
+                        stage,
+                        overrides=[
+                            o for o in candidate if "=" in o and not o.startswith(("+", "~"))
+                        ],
+                    )
+                    break
+                except Exception:
+                    continue
+    finally:
+        GlobalHydra.instance().clear()
+    if base is None:
+        return []
+    known = _flatten(base)
+    for o in parsed:
+        key = o.key_or_group
+        if o.is_add() or o.is_force_add() or o.is_delete() or key.startswith("hydra"):
+            continue
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(base, parent, default=None) if parent else base
+        known_key = isinstance(node, DictConfig) and leaf in list(node)  # a "???" value too
+        if "/" not in key and not known_key:
+            # the arguments of the node's _target_ can be set too (mmtrain.config)
+            arguments = target_parameters(node, list(base.get("allowed_targets") or [])) or []
+            close = difflib.get_close_matches(
+                key, known + [f"{parent}.{a}" for a in arguments], n=1, cutoff=0.8
+            )
+            if close:
+                lines.append(f"mmtrain: unknown key '{key}'; did you mean '{close[0]}'?")
+    return lines

@@ -26,6 +26,8 @@ from PIL import Image
 from mmtrain.data.coco import CaptionDataset
 from mmtrain.data.sampling import POSITION
 from mmtrain.data.shapes import ShapesDataset
+from mmtrain.data.shard import SampleEncoder
+from mmtrain.data.shard import main as shard_main
 from mmtrain.data.transforms import WordTokenizer
 from mmtrain.data.webdataset import (
     INDEX,
@@ -36,8 +38,6 @@ from mmtrain.data.webdataset import (
     stream_pieces,
     worker_blocks,
 )
-from mmtrain.shard import SampleEncoder
-from mmtrain.shard import main as shard_main
 
 COCO_TRAIN = 5 + 6 + 7  # (image, caption) pairs of the fixture's training split
 # Both runs see the whole training split in their first batch, unaugmented and without dropout:

@@ -176,8 +176,7 @@ def compose(preset: str, overrides: list[str]) -> Any:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from mmtrain.cli import suggest_keys
-    from mmtrain.config import compose, config_dir
+    from mmtrain.config import compose, config_dir, suggest_keys
     from mmtrain.errors import MMTrainError
 
     presets = sorted(p.stem for p in (config_dir() / "data").glob("*.yaml"))
