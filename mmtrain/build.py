@@ -3,9 +3,9 @@
 Order (ARCHITECTURE.md, data flow step 2): the data module first; then each encoder (reporting
 ``out_dim``); the fusion with ``in_dims``; each head with ``in_dim = fusion.out_dim`` and what the
 data knows; the loss weighting with the task names. A constructor argument named like a data
-fact (``vocab_size``, ``pad_id``, ``n_mels``, ``num_classes``, ``class_names``, ``tokenizer``) and
-not set in YAML is filled from the data; a head gets the facts of its own task (its classes, or
-the tokenizer and vocabulary of its text target).
+fact and not set in YAML is filled from the data: an encoder gets the facts of its modality's
+input (``vocab_size``, ``pad_id``, ``n_mels``, ``num_features``...), a head those of its task's
+target (``num_classes``, ``class_names``, ``tokenizer``, ``vocab_size``, ``pad_id``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from hydra.utils import get_object
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig
 
-from mmtrain.contracts import Head, LossWeighting
+from mmtrain.contracts import Head, Input, LossWeighting, Target
 from mmtrain.data.datamodule import MultimodalDataModule
 from mmtrain.errors import MMTrainError
 from mmtrain.module import MultimodalModule
@@ -43,8 +43,13 @@ def _wired(node: DictConfig, facts: dict[str, Any]) -> dict[str, Any]:
 
 def build_datamodule(cfg: DictConfig) -> MultimodalDataModule:
     """The data module, loading the modalities with an encoder and the targets with a head;
-    its ``seed`` (training order, augmentation) is the run's unless its YAML sets one."""
-    return safe_instantiate(
+    its ``seed`` (training order, augmentation) is the run's unless its YAML sets one. Its
+    inputs and targets are checked against the Protocols of contracts.py.
+
+    Raises:
+        MMTrainError: naming the key, for an input or target that lacks a member.
+    """
+    datamodule = safe_instantiate(
         cfg.data,
         "data",
         _allowed(cfg),
@@ -52,6 +57,11 @@ def build_datamodule(cfg: DictConfig) -> MultimodalDataModule:
         tasks=[task for task, node in (cfg.get("head") or {}).items() if not _unfused(node)],
         **_wired(cfg.data, {"seed": int(cfg.get("seed") or 0)}),
     )
+    for modality, part in datamodule.inputs.items():
+        follows(part, Input, f"data.{modality}")
+    for task, part in datamodule.targets.items():
+        follows(part, Target, f"data.targets.{task}")
+    return datamodule
 
 
 def follows(part: Any, protocol: type, path: str) -> Any:
@@ -82,15 +92,14 @@ def _unfused(node: DictConfig) -> bool:
 
 
 def head_facts(facts: dict[str, Any], task: str) -> dict[str, Any]:
-    """Data facts for the head of ``task``: its classes, or its target tokenizer and vocabulary."""
-    out = {k: v for k, v in facts.items() if k not in ("class_names", "tokenizers")}
-    names = facts.get("class_names", {}).get(task)
-    if names is not None:
-        out.update(class_names=list(names), num_classes=len(names))
-    tokenizer = facts.get("tokenizers", {}).get(task)
-    if tokenizer is not None:
-        out.update(tokenizer=tokenizer, vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id)
-    return out
+    """Data facts for the head of ``task``: those of its target (classes, or a tokenizer and
+    its vocabulary)."""
+    return dict(facts.get("targets", {}).get(task) or {})
+
+
+def encoder_facts(facts: dict[str, Any], modality: str) -> dict[str, Any]:
+    """Data facts for the encoder of ``modality``: those of its input (vocabulary, mel bins)."""
+    return dict(facts.get("inputs", {}).get(modality) or {})
 
 
 def build_module(
@@ -107,7 +116,7 @@ def build_module(
     if not cfg.get("head"):
         raise MMTrainError("no head configured: add one, e.g. head/label=classification")
     encoders = {
-        m: safe_instantiate(node, f"encoder.{m}", extra, **_wired(node, facts))
+        m: safe_instantiate(node, f"encoder.{m}", extra, **_wired(node, encoder_facts(facts, m)))
         for m, node in cfg.encoder.items()
     }
     in_dims = {m: int(e.out_dim) for m, e in encoders.items()}
@@ -119,15 +128,15 @@ def build_module(
         if "tokenizer" in params and "tokenizer" not in wired and "tokenizer" not in node:
             raise MMTrainError(
                 f"head/{task} generates text and needs a tokenizer for its target: set "
-                f"data.tokenizers.{task} (e.g. +data.tokenizers.{task}._target_="
+                f"data.targets.{task} (e.g. +data.targets.{task}._target_="
+                f"mmtrain.data.targets.TextTarget +data.targets.{task}.tokenizer._target_="
                 "mmtrain.data.transforms.WordTokenizer)"
             )
         needs_classes = "num_classes" in params and params["num_classes"].default is inspect._empty
         if needs_classes and "num_classes" not in wired and "num_classes" not in node:
-            hint = "data.mask_classes=[background, ...] (the names of the mask's class ids) or "
             raise MMTrainError(
                 f"head/{task} needs num_classes and the data has no classes for {task!r}: set "
-                f"{hint if task == 'mask' else ''}head.{task}.num_classes=N"
+                f"head.{task}.num_classes=N (or the classes of data.targets.{task})"
             )
         # A head reading the encoders' own features (retrieval) gets their widths instead.
         width = {"in_dims": in_dims} if "in_dims" in params else {"in_dim": int(fusion.out_dim)}

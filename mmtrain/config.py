@@ -7,7 +7,8 @@ YAML lists it: ``trainer.fast_dev_run=true``, ``trainer.max_steps=100``,
 ``optimizer.betas=[0.9,0.95]``. Hydra's struct mode accepts only keys that are in the config
 (new ones need ``+``), so :func:`target_arguments` adds the ``+`` to each plain override whose
 key is missing from the config and is a real argument of its parent node's ``_target_`` (the
-signature the config check binds the node to). A key that is neither stays as it is: Hydra
+signature the config check binds the node to), or an entry of a mapping that is such an
+argument (``data.dataset.rename.picture=image``). A key that is neither stays as it is: Hydra
 refuses it, and the CLI adds a did-you-mean. The user's spelling is what ``.hydra/`` records
 (:func:`as_typed`).
 """
@@ -99,6 +100,11 @@ def target_arguments(overrides: Sequence[str], base: Any) -> dict[str, str]:
             continue
         if leaf in (target_parameters(node, extra) or []):
             out[item] = f"+{item}"
+        elif "_target_" not in node and "." in parent:  # an entry of a mapping argument
+            grand, _, name = parent.rpartition(".")  # (data.dataset.rename.picture=image)
+            owner = OmegaConf.select(base, grand, default=None)
+            if name in (target_parameters(owner, extra) or []):
+                out[item] = f"+{item}"
     return out
 
 

@@ -6,17 +6,20 @@ real data and ``False`` where it is padding.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # torch-free at import: the CLI reads the names below
+    from pathlib import Path
+
     from torch import Tensor
 
 # A batch is a flat dict keyed by modality (image, text, text_mask, audio, audio_mask), by task
 # (label, caption, caption_mask, ...) and "id" (a list of sample ids).
 Batch = dict[str, Any]
 
-MODALITIES = ("image", "text", "audio")
+MODALITIES = ("image", "text", "audio", "tabular")  # the data module's input keys
 STAGES = ("fit", "validate", "test", "predict")  # mmtrain <stage>
 SPLITS = ("train", "val", "test")  # the splits of every data set
 REFERENCES = "_references"  # batch[<task> + REFERENCES]: the reference strings of text targets
@@ -171,3 +174,122 @@ class LossWeighting(Protocol):
     def __call__(self, losses: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]: ...
 
     def epoch_end(self) -> None: ...
+
+
+# ---- the data side: one Input per modality, one Target per task ---------------------------------
+@dataclass
+class Column:
+    """One column of the training split, handed to :meth:`Input.fit` and :meth:`Target.fit`.
+
+    Attributes:
+        values: the raw values as the data set lists them, without decoding any sample (strings,
+            numbers, file paths; ``None`` for an absent value).
+        decoded: ``decoded(n)``: the values of up to ``n`` samples spread over the split,
+            decoded as items give them (PIL images, ``(samples, rate)``...).
+        classes: the class names the data set declares for the column, in id order (a
+            Hugging Face ``ClassLabel``), or None.
+    """
+
+    values: Callable[[], list[Any]]
+    decoded: Callable[[int], list[Any]]
+    classes: list[str] | None = None
+
+
+@runtime_checkable
+class Input(Protocol):
+    """One modality on the data side (``mmtrain/data/inputs/``), configured at ``data.<name>``.
+
+    It fits on the training split (a vocabulary, statistics, an ``auto`` size) and keeps that
+    in ``state_dict`` (the checkpoint carries it); ``encode`` preprocesses one sample's value
+    (``train``: with augmentation); ``collate`` batches encoded values as ``{name: (B, ...)}``
+    plus ``{name}_mask`` for padded ones; ``lengths`` gives each sample's length for bucketing
+    from the data set's raw values; ``facts`` is what its encoder gets (vocab_size, pad_id,
+    n_mels...); ``fingerprint`` is its part of the feature-cache key. ``name`` is set by the
+    data module.
+    """
+
+    name: str
+
+    @property
+    def fitted(self) -> bool: ...
+
+    def fit(self, column: Column) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def encode(self, value: Any, train: bool) -> Tensor: ...
+
+    def collate(self, values: list[Tensor]) -> dict[str, Tensor]: ...
+
+    def lengths(self, values: Callable[[str], list[Any]], base: Path | None) -> list[float]: ...
+
+    def facts(self) -> dict[str, Any]: ...
+
+    def fingerprint(self) -> str: ...
+
+
+@runtime_checkable
+class Target(Protocol):
+    """One task's target on the data side (``mmtrain/data/targets/``), configured at
+    ``data.targets.<task>`` (a class label when absent).
+
+    It fits on the training split (class names, a vocabulary) and keeps that in
+    ``state_dict``; ``encode`` turns a raw item into ``{task: tensor}`` plus what the metrics
+    need (``{task}_references``), using ``inputs`` where the target is transformed with one
+    (a mask with its image); ``collate`` batches them; ``facts`` is what its head gets
+    (class_names, num_classes, tokenizer, vocab_size, pad_id); ``write`` saves a split's
+    predictions in the task's official format and says how to read them back
+    (:class:`PredictionFile`). ``name`` (the task) is set by the data module.
+    """
+
+    name: str
+
+    @property
+    def fitted(self) -> bool: ...
+
+    def fit(self, column: Column) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def encode(
+        self, item: dict[str, Any], train: bool, inputs: dict[str, Any]
+    ) -> dict[str, Any]: ...
+
+    def collate(self, values: list[Tensor]) -> dict[str, Tensor]: ...
+
+    def facts(self) -> dict[str, Any]: ...
+
+    def write(
+        self,
+        rows: list[dict[str, Any]],
+        folder: Path,
+        split: str,
+        normalize: Callable[[str], str] | None = None,
+    ) -> PredictionFile: ...
+
+    def plain(self, value: Any, folder: Path, name: str) -> Any: ...
+
+
+@dataclass
+class PredictionFile:
+    """A predictions file a target wrote, and how to read it back (``mmtrain report``).
+
+    Attributes:
+        path: the file, in the run's ``predictions/`` folder.
+        task: the task.
+        split: the split.
+        id_key: the key of the sample id in each record.
+        value_key: the key of the prediction.
+        reference_key: the key of the reference the prediction was scored against, if any.
+    """
+
+    path: Path
+    task: str
+    split: str
+    id_key: str = "id"
+    value_key: str = "prediction"
+    reference_key: str | None = None

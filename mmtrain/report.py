@@ -488,34 +488,56 @@ class SampleTable:
 _PRED_FILE = re.compile(r"^(?P<name>.+)_(?P<split>[^_]+)\.(?P<ext>jsonl|json)$")
 
 
-def _prediction_rows(path: Path, name: str) -> list[tuple[str, dict[str, Any]]]:
-    """``[(sample id, {column: value})]`` of one predictions file in its official format."""
-    rows: list[tuple[str, dict[str, Any]]] = []
+def _prediction_files(pred_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """``{split: [file entry]}`` of a run's predictions: ``predictions/index.json``, which each
+    target writes (``{"path", "task", "split", "id_key", "value_key", "reference_key"}``); for
+    a run written before it, the files named ``<name>_<split>.json[l]``, read by their shape."""
+    index = _read_json(pred_dir / "index.json") if (pred_dir / "index.json").is_file() else None
+    entries: list[dict[str, Any]] = []
+    if isinstance(index, list):
+        entries = [e for e in index if isinstance(e, dict) and "path" in e and "split" in e]
+    else:
+        for path in sorted(pred_dir.glob("*.json*")) if pred_dir.is_dir() else []:
+            match = _PRED_FILE.match(path.name)
+            if match and path.name != "index.json":
+                entries.append({"path": path.name, "task": match["name"], "split": match["split"]})
+    by_split: dict[str, list[dict[str, Any]]] = {}
+    for entry in entries:
+        by_split.setdefault(str(entry["split"]), []).append(entry)
+    return by_split
+
+
+def _prediction_rows(path: Path, entry: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """``[(sample id, {column: value})]`` of one predictions file, read with the keys its
+    index entry names (else guessed: an ``*_id`` key and the other key of a results list;
+    ``id`` and ``prediction`` or ``hypothesis`` of JSON lines)."""
+    task = str(entry.get("task", path.stem))
     if path.suffix == ".json":
         data = _read_json(path)
-        if not isinstance(data, list):
-            return rows
-        for item in data:
-            if not isinstance(item, dict):
-                continue
-            if "image_id" in item:  # COCO captions
-                rows.append((str(item["image_id"]), {"caption": item.get("caption")}))
-            elif "question_id" in item:  # VQA answers
-                rows.append((str(item["question_id"]), {"answer": item.get("answer")}))
-        return rows
-    for line in _read_jsonl(path):
-        sample_id = str(line.get("id", line.get("file", "")))
-        cells: dict[str, Any] = {}
-        if "source" in line:
-            cells["source"] = line["source"]
-        if "hypothesis" in line or "reference" in line:  # transcripts
-            cells["transcript"] = line.get("hypothesis")
-            cells["transcript (reference)"] = line.get("reference")
-        elif "prediction" in line:
-            cells[name] = line["prediction"]
-        else:
-            cells.update({k: v for k, v in line.items() if k not in ("id", "file")})
-        rows.append((sample_id, cells))
+        records = [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
+    else:
+        records = list(_read_jsonl(path))
+    rows: list[tuple[str, dict[str, Any]]] = []
+    for record in records:
+        id_key = entry.get("id_key") or next(
+            (k for k in ("id", "file") if k in record),
+            next((k for k in record if k.endswith("_id")), None),
+        )
+        value_key = entry.get("value_key") or next(
+            (k for k in ("prediction", "hypothesis") if k in record),
+            next((k for k in record if k != id_key), None),
+        )
+        if id_key is None or value_key is None:
+            continue
+        cells: dict[str, Any] = {task: record.get(value_key)}
+        reference_key = entry.get("reference_key") or (
+            "reference" if "reference" in record else None
+        )
+        if reference_key is not None:
+            cells[f"{task} (reference)"] = record.get(reference_key)
+        if "source" in record:
+            cells["source"] = record["source"]
+        rows.append((str(record.get(id_key, "")), cells))
     return rows
 
 
@@ -598,15 +620,11 @@ def sample_tables(run_dir: Path, out: Path) -> list[SampleTable]:
     index = DataIndex(run_dir)
     copy = _ImageCopier(out)
     tables: list[SampleTable] = []
-    by_split: dict[str, list[tuple[str, Path]]] = {}
     pred_dir = run_dir / "predictions"
-    for path in sorted(pred_dir.glob("*.json*")) if pred_dir.is_dir() else []:
-        match = _PRED_FILE.match(path.name)
-        if match:
-            by_split.setdefault(match["split"], []).append((match["name"], path))
+    by_split = _prediction_files(pred_dir)
     order = sorted(by_split, key=lambda s: (s != "test", s))
     for split in order:
-        files = [_prediction_rows(path, name) for name, path in by_split[split]]
+        files = [_prediction_rows(pred_dir / str(e["path"]), e) for e in by_split[split]]
         files = [f for f in files if f]
         if not files:
             continue
@@ -616,7 +634,7 @@ def sample_tables(run_dir: Path, out: Path) -> list[SampleTable]:
             for sample_id, row in rows:
                 if sample_id in cells:
                     cells[sample_id].update(row)
-        names = [n for n, _ in by_split[split]]
+        names = [str(e.get("task", e["path"])) for e in by_split[split]]
         tables.append(
             _table(
                 f"Predictions ({split}: {', '.join(names)})", split, cells, index, copy, pred_dir

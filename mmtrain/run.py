@@ -5,23 +5,21 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
-from PIL import Image
 
 from mmtrain.build import build_datamodule, build_module, build_trainer
 from mmtrain.callbacks.resume import requeued_checkpoint
 from mmtrain.contracts import CHECKPOINT_KEY, REFERENCES, STAGES
+from mmtrain.data.targets import Target
 from mmtrain.errors import MMTrainError
 from mmtrain.failures import FailurePoint, explain
 from mmtrain.utils.config_check import check_config
@@ -194,66 +192,47 @@ def _write_json(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
-def _image_id(sample_id: str) -> int | str:
-    return int(sample_id) if sample_id.isdigit() else sample_id
+PREDICTIONS_INDEX = "index.json"  # predictions/index.json: how to read each file back
+
+
+def _target_of(datamodule: Any, task: str) -> Any:
+    """The data module's target of ``task``; a plain one (JSONL) for a task without a target
+    (an unfused head such as retrieval)."""
+    target = getattr(datamodule, "targets", {}).get(task)
+    if target is None:
+        target = Target()
+        target.name = task
+    return target
 
 
 def _write_predictions(
     out_dir: Path,
     split: str,
     rows: list[dict[str, Any]],
+    datamodule: Any,
     normalizers: dict[str, Callable[[str], str]] | None = None,
 ) -> list[Path]:
-    """Predictions per task in the field's format.
-
-    ``caption``: ``predictions/captions_<split>.json`` in the COCO results format
-    (``[{"image_id": int, "caption": str}]``); ``answer``: ``predictions/answers_<split>.json``
-    in the VQA results format (``[{"question_id": int, "answer": str}]``); ``transcript``:
-    ``predictions/transcripts_<split>.jsonl`` with ``{"id", "reference", "hypothesis",
-    "reference_raw"}`` a line, reference and hypothesis as they were scored (``normalizers``:
-    the heads' ``normalize``), so that any WER scorer on the file gives the logged WER; other
-    tasks: ``predictions/<task>_<split>.jsonl`` with ``{"id", "prediction"}``. With several
-    data sets (data=multi) the lines also name the ``source``.
+    """Predictions per task, each in its official format as its target writes it
+    (:meth:`mmtrain.contracts.Target.write`), and ``predictions/index.json``: how to read
+    each file back (``mmtrain report``). With several data sets (data=multi) the rows also
+    name the ``source``.
     """
     normalizers = normalizers or {}
-    written = []
-    rows = _save_masks(out_dir, split, rows)  # segmentation: PNGs, their paths in the rows
-    # data=multi: rows of several data sets (``source``), each with the tasks it has
-    tasks = list(
-        dict.fromkeys(
-            k for r in rows for k in r if k not in ("id", "source") and not k.endswith(REFERENCES)
-        )
+    folder = out_dir / "predictions"
+    folder.mkdir(parents=True, exist_ok=True)
+    tasks = dict.fromkeys(  # data=multi: rows of several data sets, each with its tasks
+        k for r in rows for k in r if k not in ("id", "source") and not k.endswith(REFERENCES)
     )
-    (out_dir / "predictions").mkdir(parents=True, exist_ok=True)
+    index_path = folder / PREDICTIONS_INDEX
+    index = json.loads(index_path.read_text()) if index_path.is_file() else []
+    written = []
     for task in tasks:
         with_task = [r for r in rows if task in r]
-        if task in ("caption", "answer"):  # the official results formats of COCO and VQA
-            name, key = (
-                ("captions", "image_id") if task == "caption" else ("answers", "question_id")
-            )
-            path = out_dir / "predictions" / f"{name}_{split}.json"
-            results = [{key: _image_id(r["id"]), task: r[task]} for r in with_task]
-            path.write_text(json.dumps(results))
-            written.append(path)
-            continue
-        lines = []
-        for r in with_task:
-            line = {"id": r["id"], **({"source": r["source"]} if "source" in r else {})}
-            if task == "transcript":  # as scored: the WER of the file is the logged one
-                normalize = normalizers.get(task, str)
-                reference = (r.get(f"{task}{REFERENCES}") or [None])[0]
-                line |= {
-                    "reference": None if reference is None else normalize(reference),
-                    "hypothesis": normalize(r[task]),
-                    "reference_raw": reference,
-                }
-            else:
-                line["prediction"] = r[task]
-            lines.append(line)
-        name = "transcripts" if task == "transcript" else task
-        path = out_dir / "predictions" / f"{name}_{split}.jsonl"
-        path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-        written.append(path)
+        file = _target_of(datamodule, task).write(with_task, folder, split, normalizers.get(task))
+        entry = {**vars(file), "path": file.path.name}
+        index = [e for e in index if e.get("path") != entry["path"]] + [entry]
+        written.append(file.path)
+    index_path.write_text(json.dumps(index, indent=2) + "\n")
     return written
 
 
@@ -264,34 +243,22 @@ def _normalizers(model: Any) -> dict[str, Callable[[str], str]]:
     }
 
 
-def _save_masks(out_dir: Path, split: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Write predicted masks (class-id arrays) as ``predictions/<task>s_<split>/<id>.png``.
-
-    Returns:
-        The rows with each mask replaced by its PNG's path, relative to ``predictions/``.
-    """
-    out = []
-    for row in rows:
-        row = dict(row)
-        for task, value in row.items():
-            if isinstance(value, np.ndarray):
-                name = re.sub(r"[^\w.-]+", "_", Path(str(row["id"])).stem or str(row["id"]))
-                relative = Path(f"{task}s_{split}") / f"{name}.png"
-                (out_dir / "predictions" / relative).parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(value.astype(np.uint8)).save(out_dir / "predictions" / relative)
-                row[task] = relative.as_posix()
-        out.append(row)
-    return out
-
-
-def _write_input_predictions(out_dir: Path, rows: list[dict[str, Any]]) -> Path:
-    """``predictions/predict.jsonl``: ``{"file": ..., "<task>": ...}`` per input, also printed."""
-    path = out_dir / "predictions" / "predict.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rows = _save_masks(out_dir, "predict", rows)
-    lines = [
-        json.dumps({"file": r["id"], **{k: v for k, v in r.items() if k != "id"}}) for r in rows
-    ]
+def _write_input_predictions(out_dir: Path, rows: list[dict[str, Any]], datamodule: Any) -> Path:
+    """``predictions/predict.jsonl``: ``{"file": ..., "<task>": ...}`` per input, also printed
+    (a predicted mask as the path of its PNG)."""
+    folder = out_dir / "predictions"
+    path = folder / "predict.jsonl"
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for r in rows:
+        cells = {
+            k: _target_of(datamodule, k).plain(v, folder / f"{k}s_predict", r["id"])
+            if not k.endswith(REFERENCES) and k != "source"
+            else v
+            for k, v in r.items()
+            if k != "id"
+        }
+        lines.append(json.dumps({"file": r["id"], **cells}))
     path.write_text("".join(line + "\n" for line in lines))
     print("\n".join(lines), flush=True)
     return path
@@ -446,14 +413,16 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
         if stage == "fit":  # the vocabulary and class names, readable without torch
             _write_json(out_dir / "data_state.json", datamodule.state_dict())
         if stage == "test":
-            _write_predictions(out_dir, "test", model.predictions, _normalizers(model))
+            _write_predictions(out_dir, "test", model.predictions, datamodule, _normalizers(model))
         elif stage == "predict":
             if batches and batches[0] and isinstance(batches[0][0], list):
                 batches = [batch for loader in batches for batch in loader]  # several loaders
             rows = [row for batch in batches for row in batch]
             if cfg.get("input"):
-                _write_input_predictions(out_dir, rows)
+                _write_input_predictions(out_dir, rows, datamodule)
             else:
-                _write_predictions(out_dir, datamodule.predict_split, rows, _normalizers(model))
+                _write_predictions(
+                    out_dir, datamodule.predict_split, rows, datamodule, _normalizers(model)
+                )
         print(f"run directory: {out_dir.resolve()}", flush=True)
     return metrics

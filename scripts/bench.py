@@ -814,7 +814,7 @@ def bench_data(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
                 str(root), f"data.batch_size={args.batch_size}", f"data.num_workers={workers}"
             )
         )
-        image = dm.transforms["image"]
+        image = dm.inputs["image"]
         node = compose_fit(str(root)).data.image  # the preset's values, for the baseline
         plain_set = PlainImages(
             dm.datasets["train"].values("image"),  # the same file for every item
@@ -954,7 +954,7 @@ def bench_feature_cache(args: argparse.Namespace, env: dict[str, str], runs: Pat
         f"data.image.size={args.cache_size}",
         f"data.batch_size={args.cache_batch_size}",
         "data.num_workers=0",
-        "data.tokenizers.caption.min_freq=1",
+        "data.targets.caption.tokenizer.min_freq=1",
         *TRAINING_ONLY,
         f"trainer.max_epochs={args.cache_epochs}",
         "+callbacks.timer._target_=bench.step_timer",

@@ -241,7 +241,7 @@ def bench_training(
     section = {
         "baseline": args.encoders[0],
         "batches": "pre-collated from the mmtrain train dataloader (model time only)",
-        "image_size": dm.transforms["image"].size,
+        "image_size": dm.inputs["image"].size,
         "batch_size": args.batch_size,
         "warmup_steps": args.warmup_steps,
         "steps": args.steps,
@@ -312,7 +312,7 @@ def bench_loading(root: str, args: argparse.Namespace) -> list[dict[str, Any]]:
             )
             if name == "mmtrain":
                 plain = DataLoader(
-                    PlainImages(dm.datasets["train"].values("image"), dm.transforms["image"].size),
+                    PlainImages(dm.datasets["train"].values("image"), dm.inputs["image"].size),
                     batch_size=args.batch_size,
                     shuffle=True,
                     num_workers=workers,

@@ -59,11 +59,11 @@ SYNTH_CLASSES = {
     "label": ["circle_high", "circle_low", "square_high", "square_low", "tri_high"],
     "mask": ["background", "circle", "square", "triangle"],  # segmentation class ids
 }
-SYNTH_FACTS: dict[str, Any] = {
-    "vocab_size": 32,
-    "pad_id": 0,
-    "n_mels": 40,
-    "class_names": SYNTH_CLASSES,
+SYNTH_INPUTS: dict[str, dict[str, Any]] = {  # {modality: what its input tells its encoder}
+    "image": {"image_size": 64},
+    "text": {"vocab_size": 32, "pad_id": 0},
+    "audio": {"n_mels": 40},
+    "tabular": {"num_features": 8},  # 4 columns and their missingness flags
 }
 
 
@@ -178,7 +178,7 @@ def compose_config() -> Callable[..., DictConfig]:
 def _image(batch_size: int, facts: dict[str, Any], g: Any) -> dict[str, Any]:
     import torch
 
-    size = facts.get("image_size", 64)
+    size = facts["inputs"]["image"]["image_size"]
     return {"image": torch.randn(batch_size, 3, size, size, generator=g)}
 
 
@@ -190,12 +190,12 @@ def _lengths(batch_size: int, full: int, short: int) -> list[int]:
 def _text(batch_size: int, facts: dict[str, Any], g: Any) -> dict[str, Any]:
     import torch
 
-    length = 7
-    ids = torch.randint(4, facts["vocab_size"], (batch_size, length), generator=g)
+    length, text = 7, facts["inputs"]["text"]
+    ids = torch.randint(4, text["vocab_size"], (batch_size, length), generator=g)
     mask = torch.zeros(batch_size, length, dtype=torch.bool)
     for i, n in enumerate(_lengths(batch_size, length, 4)):
         mask[i, :n] = True
-    ids[~mask] = facts["pad_id"]
+    ids[~mask] = text["pad_id"]
     return {"text": ids, "text_mask": mask}
 
 
@@ -203,7 +203,7 @@ def _audio(batch_size: int, facts: dict[str, Any], g: Any) -> dict[str, Any]:
     import torch
 
     frames = 50
-    mels = torch.randn(batch_size, facts["n_mels"], frames, generator=g)
+    mels = torch.randn(batch_size, facts["inputs"]["audio"]["n_mels"], frames, generator=g)
     mask = torch.zeros(batch_size, frames, dtype=torch.bool)
     for i, n in enumerate(_lengths(batch_size, frames, 30)):
         mask[i, :n] = True
@@ -214,14 +214,14 @@ def _audio(batch_size: int, facts: dict[str, Any], g: Any) -> dict[str, Any]:
 def _label(batch_size: int, facts: dict[str, Any], g: Any) -> dict[str, Any]:
     import torch
 
-    num_classes = len(facts["class_names"]["label"])
+    num_classes = facts["targets"]["label"]["num_classes"]
     return {"label": torch.randint(0, num_classes, (batch_size,), generator=g)}
 
 
 def _caption(batch_size: int, facts: dict[str, Any], g: Any) -> dict[str, Any]:
     import torch
 
-    tokenizer = facts["tokenizers"]["caption"]
+    tokenizer = facts["targets"]["caption"]["tokenizer"]
     length = 6  # <bos> w w w w <eos>; padded samples end earlier
     ids = torch.randint(4, tokenizer.vocab_size, (batch_size, length), generator=g)
     mask = torch.zeros(batch_size, length, dtype=torch.bool)
@@ -236,7 +236,7 @@ def _caption(batch_size: int, facts: dict[str, Any], g: Any) -> dict[str, Any]:
 def _transcript(batch_size: int, facts: dict[str, Any], g: Any) -> dict[str, Any]:
     import torch
 
-    tokenizer = facts["tokenizers"]["transcript"]
+    tokenizer = facts["targets"]["transcript"]["tokenizer"]
     length = 7  # <bos> c c c c c <eos>; padded samples end earlier. Far fewer than the frames.
     ids = torch.randint(4, tokenizer.vocab_size, (batch_size, length), generator=g)
     mask = torch.zeros(batch_size, length, dtype=torch.bool)
@@ -252,8 +252,8 @@ def _mask(batch_size: int, facts: dict[str, Any], g: Any) -> dict[str, Any]:
     import torch
 
     # Per-pixel class ids at the image size; the top two rows unlabelled (ignore_index 255).
-    size = facts.get("image_size", 64)
-    num_classes = len(facts["class_names"]["mask"])
+    size = facts["inputs"]["image"]["image_size"]
+    num_classes = facts["targets"]["mask"]["num_classes"]
     ids = torch.randint(0, num_classes, (batch_size, size, size), generator=g)
     ids[:, :2, :] = 255
     return {"mask": ids}
@@ -262,7 +262,7 @@ def _mask(batch_size: int, facts: dict[str, Any], g: Any) -> dict[str, Any]:
 def _answer(batch_size: int, facts: dict[str, Any], g: Any) -> dict[str, Any]:
     import torch
 
-    vocab = facts["tokenizers"]["answer"]
+    vocab = facts["targets"]["answer"]["tokenizer"]
     # 10 human answers per question (ids, <unk> = 1 among them); padded samples have fewer.
     ids = torch.randint(1, vocab.vocab_size, (batch_size, 10), generator=g)
     mask = torch.zeros(batch_size, 10, dtype=torch.bool)
@@ -273,10 +273,21 @@ def _answer(batch_size: int, facts: dict[str, Any], g: Any) -> dict[str, Any]:
     return {"answer": ids, "answer_mask": mask, "answer_references": refs}
 
 
+def _tabular(batch_size: int, facts: dict[str, Any], g: Any) -> dict[str, Any]:
+    import torch
+
+    # standardised values, then 0/1 missingness flags (data.tabular.missing=mean)
+    half = facts["inputs"]["tabular"]["num_features"] // 2
+    values = torch.randn(batch_size, half, generator=g)
+    flags = (torch.rand(batch_size, half, generator=g) < 0.2).float()
+    return {"tabular": torch.cat([values * (1 - flags), flags], dim=1)}
+
+
 MODALITY_SYNTHESIZERS: dict[str, Callable[..., dict[str, Any]]] = {
     "image": _image,
     "text": _text,
     "audio": _audio,
+    "tabular": _tabular,
 }
 TARGET_SYNTHESIZERS: dict[str, Callable[..., dict[str, Any]]] = {
     "label": _label,
@@ -329,13 +340,20 @@ def synth_batch() -> Callable[..., dict[str, Any]]:
 
 def fresh_synth_facts() -> dict[str, Any]:
     """Data facts for synthetic batches (a fresh copy)."""
+
+    def text(tokenizer: Any) -> dict[str, Any]:
+        return {"tokenizer": tokenizer, "vocab_size": tokenizer.vocab_size, "pad_id": 0}
+
+    def classes(names: list[str]) -> dict[str, Any]:
+        return {"class_names": list(names), "num_classes": len(names)}
+
     return {
-        **SYNTH_FACTS,
-        "class_names": {k: list(v) for k, v in SYNTH_CLASSES.items()},
-        "tokenizers": {
-            "caption": synth_caption_tokenizer(),
-            "transcript": synth_transcript_tokenizer(),
-            "answer": synth_answer_vocabulary(),
+        "inputs": {m: dict(f) for m, f in SYNTH_INPUTS.items()},
+        "targets": {
+            **{task: classes(names) for task, names in SYNTH_CLASSES.items()},
+            "caption": text(synth_caption_tokenizer()),
+            "transcript": text(synth_transcript_tokenizer()),
+            "answer": text(synth_answer_vocabulary()),
         },
     }
 

@@ -9,7 +9,7 @@ main process as a :class:`BadSample`; :class:`CheckedDataLoader` stops the run a
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,14 +72,19 @@ class TransformedDataset(Dataset):
             return BadSample(index, f"{where(index)}: {err}" if where else str(err))
 
 
-def collate_checked(items: list[dict[str, Any] | BadSample], source: str | None = None) -> Batch:
+def collate_checked(
+    items: list[dict[str, Any] | BadSample],
+    source: str | None = None,
+    parts: Mapping[str, Any] | None = None,
+) -> Batch:
     """:func:`collate` of the good items; the errors of bad ones go under ``BAD_KEY``.
 
     A batch whose items are all bad is ``{BAD_KEY: [...]}`` alone (no ``id``). With several
-    data sets (data=multi), ``source`` names the batch's data set for each sample.
+    data sets (data=multi), ``source`` names the batch's data set for each sample; ``parts``
+    are the data module's inputs and targets, which batch their own keys.
     """
     good = [item for item in items if not isinstance(item, BadSample)]
-    batch = collate(good) if good else {}
+    batch = collate(good, parts) if good else {}
     if good and source is not None:
         batch["source"] = [source] * len(good)
     errors = [item.error for item in items if isinstance(item, BadSample)]

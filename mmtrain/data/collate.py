@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -27,15 +28,21 @@ def pad_last(tensors: list[Tensor], value: float = 0) -> tuple[Tensor, Tensor]:
     return out, mask
 
 
-def collate(items: list[dict[str, Any]]) -> Batch:
-    """Collate item dicts: stack fixed-size tensors, pad sequences and add ``<key>_mask``.
+def collate(items: list[dict[str, Any]], parts: Mapping[str, Any] | None = None) -> Batch:
+    """Collate item dicts into a batch.
 
-    Non-tensor values (ids, raw strings) are kept as lists.
+    A key that names one of ``parts`` (the data module's inputs and targets) is batched by its
+    ``collate`` (padding and mask included); other tensors (cached features) are stacked when
+    fixed-size, padded with a ``<key>_mask`` when sequences; non-tensor values (ids, raw
+    strings) are kept as lists.
     """
     batch: Batch = {}
+    parts = parts or {}
     for key in items[0]:
         values = [item[key] for item in items]
-        if not isinstance(values[0], Tensor):
+        if key in parts and isinstance(values[0], Tensor):
+            batch.update(parts[key].collate(values))
+        elif not isinstance(values[0], Tensor):
             batch[key] = values
         elif _is_sequence(values[0]):
             batch[key], batch[f"{key}_mask"] = pad_last(values)

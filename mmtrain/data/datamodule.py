@@ -1,23 +1,25 @@
-"""The Lightning data module: data set per split -> transforms -> collate -> loaders."""
+"""The Lightning data module: a data set per split -> inputs and targets -> loaders.
+
+The data module knows no modality and no kind of target: it loops over its inputs
+(``data.image``, ``data.text``, ``data.audio``, ``data.tabular``: :mod:`mmtrain.data.inputs`)
+and its targets (``data.targets.<task>``: :mod:`mmtrain.data.targets`), which read, fit,
+encode and collate their own columns.
+"""
 
 from __future__ import annotations
 
 import inspect
 import logging
-import math
-import os
-import re
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from mmtrain.contracts import FEATURES
+from mmtrain.contracts import FEATURES, SPLITS, Column
 from mmtrain.data.bad_samples import (
     ON_ERROR,
     BadSamplePolicy,
@@ -26,18 +28,14 @@ from mmtrain.data.bad_samples import (
     collate_checked,
 )
 from mmtrain.data.feature_cache import CachedFeaturesDataset, FeatureStore
-from mmtrain.data.manifest import ManifestDataset
-from mmtrain.data.sampling import ResumableSampler, audio_seconds
-from mmtrain.data.transforms import AudioTransform, ImageTransform, WordTokenizer
-from mmtrain.data.transforms.image import IGNORE_INDEX
+from mmtrain.data.inputs import Input
+from mmtrain.data.sampling import ResumableSampler
+from mmtrain.data.targets import LabelTarget, Target
 from mmtrain.errors import MMTrainError
 
 log = logging.getLogger(__name__)
 
 SPLIT_OF_STAGE = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
-SPLIT_FILES = ("train", "val", "test")
-_INT = re.compile(r"[+-]?\d+")
-MASK = "mask"  # the segmentation target: (H, W) class ids, transformed with its image
 
 
 def split_kwargs(
@@ -57,7 +55,7 @@ def split_kwargs(
     kwargs = {} if root is None else {"root": str(root)}
     files = {"train": train, "val": val, "test": test}
     kwargs.update({k: str(v) for k, v in files.items() if v is not None})
-    given = [k for k in SPLIT_FILES if k in kwargs]
+    given = [k for k in SPLITS if k in kwargs]
     target = getattr(dataset, "func", dataset)
     try:
         params = inspect.signature(target).parameters
@@ -75,29 +73,39 @@ def split_kwargs(
     return kwargs
 
 
-def class_order(name: str) -> tuple[int, int, str]:
-    """Sort key of class names: integers by value ("2" before "10"), then the rest by string."""
-    return (0, int(name), name) if _INT.fullmatch(name) else (1, 0, name)
+def optional_kwargs(dataset: Callable[..., Dataset] | None, inputs: dict[str, Any]) -> dict:
+    """``{"optional": columns}`` for a data set that takes ``optional``: the columns that the
+    inputs accept absent in a sample (a missing tabular value); ``{}`` otherwise."""
+    optional = [c for part in inputs.values() for c in getattr(part, "optional", [])]
+    if not optional or dataset is None:
+        return {}
+    try:
+        params = inspect.signature(getattr(dataset, "func", dataset)).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"optional": optional} if "optional" in params else {}
+
+
+def signature_with(base: type, drop: tuple[str, ...], own: list[inspect.Parameter]) -> Any:
+    """``base``'s constructor signature without ``drop``, followed by ``own`` (keyword-only):
+    what the config check binds ``data.*`` keys against for a subclass that forwards
+    ``**kwargs`` to ``base`` (typos get a did-you-mean, values their type check)."""
+    try:
+        signature = inspect.signature(base, eval_str=True)
+    except Exception:  # an annotation that does not evaluate here: keys are still checked
+        signature = inspect.signature(base)
+    kept = [p for name, p in signature.parameters.items() if name not in drop]
+    return signature.replace(parameters=[*kept, *own])
 
 
 class MultimodalDataModule(pl.LightningDataModule):
     """Loads the modalities that have an encoder and the targets that have a head.
 
-    The vocabularies (of the text input and of each text target) and the class names of each
-    classification target are built from the training split in :meth:`setup` and saved in
-    :meth:`state_dict` (so a checkpoint carries them); a restored state is used as is.
-
-    A task with a tokenizer in ``tokenizers`` is a text target (``caption``): it is encoded as
-    ``<bos> ids <eos>`` and batched as ``caption (B, L)`` + ``caption_mask``; its raw strings go
-    along as ``<task>_references`` (all references of an image when the data set gives them,
-    under ``<task>_references``, else the one target string). A tokenizer with
-    ``soft_targets`` (VQA's :class:`~mmtrain.data.transforms.answers.AnswerVocabulary`)
-    encodes all the references instead (``answer (B, A)``: the ids of every human answer).
-    The ``mask`` task is a segmentation target: ``(H, W)`` class ids (``255``: unlabelled)
-    that go through the image's transform together with their image (the same crop and flip,
-    nearest resizing) and are batched as ``mask (B, S, S)`` long. Its class names are
-    ``mask_classes`` (index = class id), never values of the training split (file names).
-    Other tasks are class labels.
+    Each loaded modality has an input (``image``, ``text``, ``audio``, ``tabular``: a
+    :class:`~mmtrain.contracts.Input`), each task a target (``targets[task]``, else a
+    :class:`~mmtrain.data.targets.LabelTarget`). Inputs and targets that still need it are
+    fitted on the training split in :meth:`setup` (vocabularies, class names, statistics) and
+    saved in :meth:`state_dict`, so a checkpoint carries them; a restored state is used as is.
 
     Bad samples: a sample whose loading raises :class:`MMTrainError` (a missing or unreadable
     file, a wrong type, an unknown class...) stops the run with that error, which names the
@@ -113,14 +121,15 @@ class MultimodalDataModule(pl.LightningDataModule):
             ``prepare_data(**kwargs)`` that writes or downloads files once.
         root: the data set's folder (``data.root=...``), handed to ``dataset``; None leaves
             the dataset's own ``root`` (if any) as configured.
-        train: the training split's file (``data=manifest``: a JSONL or CSV manifest), handed
-            to ``dataset``; None leaves the dataset's own.
-        val: the validation split's file, as ``train``.
-        test: the test split's file, as ``train`` (for manifests, None tests on ``val``).
-        image: image preprocessing.
-        text: the tokenizer for the ``text`` modality.
-        tokenizers: ``{task: tokenizer}`` for text targets such as ``caption``.
-        audio: audio preprocessing.
+        train: the training split's file or name, handed to ``dataset``; None leaves the
+            dataset's own.
+        val: the validation split's, as ``train``.
+        test: the test split's, as ``train`` (for manifests, None tests on ``val``).
+        image: the image input.
+        text: the text input.
+        audio: the audio input.
+        tabular: the tabular input (numeric columns).
+        targets: ``{task: target}``; a task without one is a class label.
         modalities: the inputs to load (wired by build.py from the encoders).
         tasks: the targets to load (wired by build.py from the heads).
         batch_size: samples per batch (per device).
@@ -130,14 +139,10 @@ class MultimodalDataModule(pl.LightningDataModule):
         on_error: ``raise`` (stop at the first bad sample) or ``skip`` (drop and count).
         max_skipped: with ``skip``, the most samples skipped in one pass over a split: below 1
             a fraction of the split (0.01: 1%, rounded down), from 1 on a number of samples.
-        mask_classes: the class names of the ``mask`` target, index = class id (background
-            included); the model gets them as ``class_names["mask"]`` (the segmentation head's
-            ``num_classes`` and ``class_names``). None: the head needs
-            ``head.mask.num_classes`` in its YAML, and mask ids are not checked.
         seed: the seed of the training order and of each sample's augmentation (wired by
             build.py from the run's ``seed``); see :mod:`mmtrain.data.sampling`.
-        bucket_by: length bucketing of training batches: the column whose length groups
-            samples (``text``, ``caption``, ``transcript``, ``audio``); None: no bucketing.
+        bucket_by: length bucketing of training batches: the input or target whose length
+            groups samples (``text``, ``caption``, ``transcript``, ``audio``); None: none.
         bucket_pool: with ``bucket_by``, the batches drawn together and sorted by length.
         cache_features: compute the outputs of the frozen encoders once, before training, and
             train from them (see :mod:`mmtrain.data.feature_cache`).
@@ -148,8 +153,7 @@ class MultimodalDataModule(pl.LightningDataModule):
     Raises:
         ValueError: for a non-positive batch size, negative worker count, unknown
             ``on_error``, negative ``max_skipped``, split files that ``dataset`` does not
-            take, ``mask_classes`` that are not 2 to 255 distinct names, or a ``mask`` task
-            without the ``image`` modality.
+            take, a modality without its input, or a target without the input it needs.
     """
 
     def __init__(
@@ -159,10 +163,11 @@ class MultimodalDataModule(pl.LightningDataModule):
         train: str | None = None,
         val: str | None = None,
         test: str | None = None,
-        image: ImageTransform | None = None,
-        text: WordTokenizer | None = None,
-        audio: AudioTransform | None = None,
-        tokenizers: dict[str, WordTokenizer] | None = None,
+        image: Input | None = None,
+        text: Input | None = None,
+        audio: Input | None = None,
+        tabular: Input | None = None,
+        targets: dict[str, Target] | None = None,
         modalities: list[str] = (),
         tasks: list[str] = (),
         batch_size: int = 32,
@@ -171,7 +176,6 @@ class MultimodalDataModule(pl.LightningDataModule):
         predict_split: str = "test",
         on_error: Literal["raise", "skip"] = "raise",
         max_skipped: float = 0.01,
-        mask_classes: list[str] | None = None,
         seed: int = 0,
         bucket_by: str | None = None,
         bucket_pool: int = 50,
@@ -190,53 +194,67 @@ class MultimodalDataModule(pl.LightningDataModule):
             raise ValueError(f"max_skipped must be >= 0, got {max_skipped}")
         if isinstance(bucket_pool, bool) or not isinstance(bucket_pool, int) or bucket_pool < 1:
             raise ValueError(f"bucket_pool must be an integer >= 1, got {bucket_pool!r}")
-        self.dataset_factory = dataset
-        self.dataset_kwargs = split_kwargs(dataset, root, train, val, test)
-        self.on_error = on_error
-        self.max_skipped = max_skipped
-        self.skipped: dict[str, int] = {}  # {split: samples skipped in its current/latest pass}
-        self.transforms = {"image": image, "text": text, "audio": audio}
-        self.tokenizers = dict(tokenizers or {})
-        self.modalities = list(modalities)
-        self.tasks = list(tasks)
-        missing = [m for m in self.modalities if self.transforms.get(m) is None]
-        if missing:
-            raise ValueError(
-                f"modalities {missing} have an encoder but no data.{missing[0]} "
-                "preprocessing config"
-            )
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.seed = seed
-        self.bucket_by, self.bucket_pool = bucket_by, bucket_pool
-        self.cache_features, self.cache_dir, self.cache_dtype = (
-            cache_features,
-            cache_dir,
-            cache_dtype,
-        )
-        self.feature_stores: dict[str, dict[str, FeatureStore]] = {}  # use_feature_cache()
         if cache_dtype not in ("float32", "float16"):
             raise ValueError(f"cache_dtype must be float32 or float16, got {cache_dtype!r}")
-        # Where a resumed run continues: {"epoch", "batches", "positions"} (see resume()).
-        self._resume: dict[str, Any] | None = None
+        self.dataset_factory = dataset
+        self.dataset_kwargs = (
+            {} if dataset is None else split_kwargs(dataset, root, train, val, test)
+        )
+        self.modalities, self.tasks = list(modalities), list(tasks)
+        given = {"image": image, "text": text, "audio": audio, "tabular": tabular}
+        missing = [m for m in self.modalities if given.get(m) is None]
+        if missing:
+            raise ValueError(
+                f"modalities {missing} have an encoder but no data.{missing[0]} input config"
+            )
+        # in a fixed order (image first): the order of each sample's random draws
+        self.inputs: dict[str, Input] = {m: given[m] for m in given if m in self.modalities}
+        self.dataset_kwargs.update(optional_kwargs(dataset, self.inputs))
+        self.targets: dict[str, Target] = {
+            task: (targets or {}).get(task) or LabelTarget() for task in self.tasks
+        }
+        for name, part in [*self.inputs.items(), *self.targets.items()]:
+            part.name = name
+        for modality, part in self.inputs.items():
+            if not part.columns:
+                raise ValueError(
+                    f"data.{modality}.columns is empty: name the data set's columns that "
+                    f"encoder/{modality} reads, e.g. data.{modality}.columns=[age,bmi]"
+                )
+        for task, target in self.targets.items():
+            lacking = [m for m in target.inputs if m not in self.inputs]
+            if lacking:
+                raise ValueError(
+                    f"head/{task} needs the {lacking[0]} modality: its target is transformed "
+                    f"with it; add an encoder (encoder/{lacking[0]}=...)"
+                )
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.predict_split = predict_split
-        self.class_names: dict[str, list[str]] = {}
-        if MASK in self.tasks and "image" not in self.modalities:
-            raise ValueError(
-                "head/mask (segmentation) needs the image modality: its masks are transformed "
-                "with their images; add an image encoder (encoder/image=...)"
-            )
-        if mask_classes is not None:
-            names = [str(n) for n in mask_classes]
-            # ids are uint8 and 255 is the unlabelled id: at most 255 classes
-            if not 2 <= len(names) <= IGNORE_INDEX or len(set(names)) != len(names):
-                raise ValueError(
-                    f"mask_classes must be 2 to {IGNORE_INDEX} distinct class names (index = "
-                    f"class id), got {names}"
-                )
-            self.class_names[MASK] = names
-        self.datasets: dict[str, Dataset] = {}
+        self.on_error, self.max_skipped = on_error, max_skipped
+        self.skipped: dict[str, int] = {}  # {split: samples skipped in its current/latest pass}
+        self.bucket_by, self.bucket_pool = bucket_by, bucket_pool
+        self.cache_features, self.cache_dir = cache_features, cache_dir
+        self.cache_dtype = cache_dtype
+        self.feature_stores: dict[str, dict[str, FeatureStore]] = {}  # use_feature_cache()
+        # Where a resumed run continues: {"epoch", "batches", "positions"} (see resume()).
+        self._resume: dict[str, Any] | None = None
+        self.datasets: dict[str, Any] = {}
+
+    @property
+    def parts(self) -> dict[str, Input | Target]:
+        """The inputs and targets, by the batch key each owns."""
+        return {**self.inputs, **self.targets}
+
+    @property
+    def class_names(self) -> dict[str, list[str]]:
+        """``{task: class names}`` of the targets that have classes (labels, masks)."""
+        facts = {task: target.facts() for task, target in self.targets.items()}
+        return {task: f["class_names"] for task, f in facts.items() if "class_names" in f}
+
+    def input_columns(self) -> list[str]:
+        """The data set columns that the inputs read."""
+        return list(dict.fromkeys(c for i in self.inputs.values() for c in i.columns))
 
     # ---- Lightning hooks ------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -247,66 +265,57 @@ class MultimodalDataModule(pl.LightningDataModule):
             root = {k: v for k, v in self.dataset_kwargs.items() if k == "root"}
             prepare(**{**getattr(factory, "keywords", {}), **root})
 
+    def open(self, split: str, columns: list[str]) -> Dataset:
+        """One split of the data set, loading ``columns``."""
+        return self.dataset_factory(split=split, columns=columns, **self.dataset_kwargs)
+
     def setup(self, stage: str | None = None) -> None:
-        """Open the splits of ``stage`` (all when None) and build vocabulary and classes."""
-        if stage == "predict":  # inputs only; vocabularies and classes come from the checkpoint
+        """Open the splits of ``stage`` (all when None) and fit what is not fitted yet."""
+        if stage == "predict":  # inputs only; what was fitted comes from the checkpoint
             if self.predict_split not in self.datasets:
-                self.datasets[self.predict_split] = self.dataset_factory(
-                    split=self.predict_split, columns=self.modalities, **self.dataset_kwargs
+                self.datasets[self.predict_split] = self.open(
+                    self.predict_split, self.input_columns()
                 )
             return
-        splits = set(SPLIT_OF_STAGE.get(stage or "", ("train", "val", "test")))
-        if self._needs_training_split():  # a restored state needs no training split
+        splits = set(SPLIT_OF_STAGE.get(stage or "", SPLITS))
+        if not all(part.fitted for part in self.parts.values()):  # a restored state needs none
             splits.add("train")
         for split in sorted(splits - set(self.datasets)):
-            self.datasets[split] = self.dataset_factory(
-                split=split, columns=self.modalities + self.tasks, **self.dataset_kwargs
-            )
+            self.datasets[split] = self.open(split, self.input_columns() + self.tasks)
             self._check_columns(self.datasets[split], split)
         if "train" in splits:
-            self._build_vocabularies(self.datasets["train"].values)
+            self.fit(self.datasets["train"])
 
-    def _build_vocabularies(self, values: Callable[[str], list[Any]]) -> None:
-        """Fit the tokenizers and collect the class names not restored from a checkpoint.
+    def fit(self, dataset: Any) -> None:
+        """Fit every input and target not fitted yet on the training split ``dataset``."""
+        for name, part in self.parts.items():
+            if not part.fitted:
+                part.fit(self.column(dataset, name, part))
 
-        Args:
-            values: the training values of a column (``values("text")``).
-        """
-        # Values of a wrong type are left out here; loading their sample is the error.
-        tokenizer = self.transforms["text"]
-        if "text" in self.modalities and not tokenizer.fitted:
-            tokenizer.fit([v for v in values("text") if isinstance(v, str)])
-        for task in self.tasks:
-            if task == MASK:  # class names from data.mask_classes only: values are file names
-                if task not in self.class_names:
-                    log.warning(
-                        "data.mask_classes is not set: head/mask gets no class names, so "
-                        "head.mask.num_classes must be set (or set data.mask_classes=[...], "
-                        "the names of the mask's class ids)"
-                    )
-            elif task in self.tokenizers:
-                if not self.tokenizers[task].fitted:
-                    self.tokenizers[task].fit(
-                        [str(v) for v in values(task) if isinstance(v, (str, int, float))]
-                    )
-            elif task not in self.class_names:
-                names = {str(v) for v in values(task) if self._is_class(v)}
-                if names:
-                    self.class_names[task] = sorted(names, key=class_order)
+    def column(self, dataset: Any, name: str, part: Input | Target) -> Column:
+        """What ``part`` is fitted on: the training values of its column(s) in ``dataset``."""
+        columns = getattr(part, "columns", [name])
+        read = getattr(part, "read", None) or (lambda item: item.get(name))
 
-    def _needs_training_split(self) -> bool:
-        """Whether a vocabulary or the class names are still to be built from ``train``."""
-        text = self.transforms["text"]
-        return (
-            ("text" in self.modalities and not text.fitted)
-            or any(not t.fitted for task, t in self.tokenizers.items() if task in self.tasks)
-            or any(
-                t not in self.tokenizers and t not in self.class_names and t != MASK
-                for t in self.tasks
-            )
-        )
+        def values() -> list[Any]:
+            rows = zip(*(dataset.values(c) for c in columns), strict=True)
+            return [read(dict(zip(columns, row))) for row in rows]
 
-    def _check_columns(self, dataset: Dataset, split: str = "train") -> None:
+        def decoded(n: int) -> list[Any]:  # bad samples are left out: loading reports them
+            size = len(dataset)
+            picks = sorted({i * size // n for i in range(n)}) if size > n else range(size)
+            out = []
+            for i in picks:
+                try:
+                    out.append(read(dataset[i]))
+                except MMTrainError:
+                    continue
+            return out
+
+        declared = getattr(dataset, "class_names", None) or {}
+        return Column(values, decoded, declared.get(name))
+
+    def _check_columns(self, dataset: Any, split: str = "train") -> None:
         columns = getattr(dataset, "columns", None)
         if columns is None:
             return
@@ -318,123 +327,57 @@ class MultimodalDataModule(pl.LightningDataModule):
                     f"head/{task} needs a {task!r} column, but the data has {columns} {where}; "
                     f"remove the task with ~head/{task}"
                 )
-        for modality in self.modalities:
-            if modality not in columns:
-                raise MMTrainError(
-                    f"encoder/{modality} needs a {modality!r} column, but the data has "
-                    f"{columns} {where}; remove the modality with ~encoder/{modality}"
-                )
-
-    @staticmethod
-    def _is_class(value: Any) -> bool:
-        """A class name (a string) or number (an integer); not a bool, float or container."""
-        return isinstance(value, (str, int)) and not isinstance(value, bool)
+        for modality, part in self.inputs.items():
+            for column in part.columns:
+                if column not in columns:
+                    key = f"data.{modality}.columns" if column != modality else "its"
+                    raise MMTrainError(
+                        f"encoder/{modality} needs a {column!r} column ({key}), but the data "
+                        f"has {columns} {where}; remove the modality with ~encoder/{modality}"
+                    )
 
     def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint must carry to rebuild the model, as plain types: the text input's
-        tokenizer state, the class names and the text targets' tokenizer states."""
-        tokenizer = self.transforms["text"]
+        """What a checkpoint must carry to rebuild the model, as plain types: what each input
+        and target fitted."""
         return {
-            "text": tokenizer.state_dict() if tokenizer is not None and tokenizer.fitted else None,
-            "class_names": {k: list(v) for k, v in self.class_names.items()},
-            "targets": {k: t.state_dict() for k, t in self.tokenizers.items() if t.fitted},
+            "inputs": {m: part.state_dict() for m, part in self.inputs.items()},
+            "targets": {t: part.state_dict() for t, part in self.targets.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Use a saved vocabulary and class names instead of building them."""
-        if state.get("text") and self.transforms["text"] is not None:
-            self.transforms["text"].load_state_dict(state["text"])
-        self.class_names.update({k: list(v) for k, v in state.get("class_names", {}).items()})
-        for task, tokenizer_state in (state.get("targets") or {}).items():
-            if task in self.tokenizers:
-                self.tokenizers[task].load_state_dict(tokenizer_state)
+        """Use what a checkpoint's inputs and targets fitted instead of fitting them."""
+        for kind, parts in (("inputs", self.inputs), ("targets", self.targets)):
+            for name, part_state in (state.get(kind) or {}).items():
+                if name in parts and part_state:
+                    parts[name].load_state_dict(part_state)
 
     # ---- what build.py wires into the model -----------------------------------------------
     def facts(self) -> dict[str, Any]:
-        """Sizes the model needs from the data (call after :meth:`setup`)."""
-        facts: dict[str, Any] = {
-            "class_names": dict(self.class_names),
-            "tokenizers": dict(self.tokenizers),
+        """What the model needs from the data (call after :meth:`setup`): ``{"inputs":
+        {modality: facts for its encoder}, "targets": {task: facts for its head}}``."""
+        return {
+            "inputs": {m: part.facts() for m, part in self.inputs.items()},
+            "targets": {t: part.facts() for t, part in self.targets.items()},
         }
-        if self.transforms["text"] is not None:
-            facts["vocab_size"] = self.transforms["text"].vocab_size
-            facts["pad_id"] = WordTokenizer.pad_id
-        if self.transforms["audio"] is not None:
-            facts["n_mels"] = self.transforms["audio"].n_mels
-        return facts
 
     # ---- items and loaders ------------------------------------------------------------------
     def encode(self, item: dict[str, Any], train: bool) -> dict[str, Any]:
-        """Preprocess one raw item into tensors keyed like the batch."""
+        """Preprocess one raw item into tensors keyed like the batch. A modality or target the
+        item lacks is left out (predict inputs have no targets)."""
         out: dict[str, Any] = {"id": item["id"]}
         for modality in self.modalities:  # features from the cache (data.cache_features)
             if modality + FEATURES in item:
                 out[modality + FEATURES] = item[modality + FEATURES]
-        # A modality or target the item lacks is left out (predict inputs have no targets).
-        with_mask = MASK in self.tasks and MASK in item
-        if with_mask and "image" not in item:
-            raise MMTrainError(
-                f"sample {item['id']}: the mask target needs its image (it is cropped and "
-                "resized with it), but the sample has none"
-            )
-        if with_mask:  # the same crop, flip and resize for the image and its mask
-            out["image"], out[MASK] = self._encode_with_mask(item, train)
-        elif "image" in self.modalities and "image" in item:
-            out["image"] = self.transforms["image"](item["image"], train=train)
-        if "text" in self.modalities and "text" in item:
-            out["text"] = self.transforms["text"].encode(item["text"])
-        if "audio" in self.modalities and "audio" in item:
-            samples, rate = item["audio"]
-            out["audio"] = self.transforms["audio"](samples, rate, train=train)
-        for task in self.tasks:
-            if task not in item or task in out:
-                continue
-            if task in self.tokenizers:
-                tokenizer, refs = self.tokenizers[task], item.get(f"{task}_references")
-                refs = list(refs) if refs else [str(item[task])]
-                if getattr(tokenizer, "soft_targets", False):  # VQA: every human answer
-                    out[task] = tokenizer.encode_answers(refs)
-                else:
-                    out[task] = tokenizer.encode(str(item[task]), add_special=True)
-                out[f"{task}_references"] = refs
-            else:
-                out[task] = self._encode_target(task, item[task], item["id"])
+        # Targets first: one encoded with its input (a mask with its image) encodes that input
+        # too; the others draw no random numbers, so each input's draws keep their order.
+        for task, target in self.targets.items():
+            if task in item:
+                out.update(target.encode(item, train, self.inputs))
+        for modality, part in self.inputs.items():
+            value = None if modality in out else part.read(item)
+            if value is not None:
+                out[modality] = part.encode(value, train)
         return out
-
-    def _encode_with_mask(self, item: dict[str, Any], train: bool) -> tuple[Tensor, Tensor]:
-        """The image and its mask through the same transform: ``(3, S, S)``, ``(S, S)`` long.
-
-        Raises:
-            MMTrainError: naming the sample, for a mask that is not ``(H, W)`` ids of its
-                image's size, or whose ids are neither classes of ``mask_classes`` nor 255.
-        """
-        sample_id, mask = item["id"], item[MASK]
-        names = self.class_names.get(MASK)
-        if names is not None:
-            ids = np.unique(np.asarray(mask))
-            bad = [int(i) for i in ids if not (0 <= i < len(names) or i == IGNORE_INDEX)]
-            if bad:
-                raise MMTrainError(
-                    f"sample {sample_id}: mask class ids {bad[:5]} are not classes of "
-                    f"data.mask_classes ({len(names)} classes: ids 0-{len(names) - 1}, "
-                    f"{IGNORE_INDEX} unlabelled)"
-                )
-        try:
-            return self.transforms["image"](item["image"], train=train, mask=mask)
-        except ValueError as err:  # a mask of the wrong shape or size
-            raise MMTrainError(f"sample {sample_id}: {err}") from None
-
-    def _encode_target(self, task: str, value: Any, sample_id: str) -> torch.Tensor:
-        names = self.class_names.get(task)
-        if names is None:
-            raise MMTrainError(f"no encoding for target {task!r} of sample {sample_id}")
-        try:
-            return torch.tensor(names.index(str(value)))
-        except ValueError:
-            raise MMTrainError(
-                f"sample {sample_id}: {task}={value!r} is not a class of the training split "
-                f"({len(names)} classes)"
-            ) from None
 
     def _loader(self, split: str, train: bool = False) -> DataLoader:
         if split not in self.datasets:
@@ -442,9 +385,10 @@ class MultimodalDataModule(pl.LightningDataModule):
         raw = self.datasets[split]
         stores = self.feature_stores.get(split)
         if stores:  # the cached modalities are not loaded: their features come from the cache
-            columns = [c for c in self.modalities + self.tasks if c not in stores]
-            uncached = self.dataset_factory(split=split, columns=columns, **self.dataset_kwargs)
-            raw = CachedFeaturesDataset(uncached, stores)
+            columns = [
+                c for m, part in self.inputs.items() if m not in stores for c in part.columns
+            ] + self.tasks
+            raw = CachedFeaturesDataset(self.open(split, columns), stores)
         return self._make_loader(raw, split, train)
 
     def use_feature_cache(self, stores: dict[str, dict[str, FeatureStore]]) -> None:
@@ -467,9 +411,7 @@ class MultimodalDataModule(pl.LightningDataModule):
             batch_size=self.batch_size,
             sampler=self._train_sampler(raw, source) if train else None,
             num_workers=self.num_workers,
-            collate_fn=collate_checked
-            if source is None
-            else partial(collate_checked, source=source),
+            collate_fn=partial(collate_checked, source=source, parts=self.parts),
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
             generator=torch.Generator().manual_seed(self.seed),
@@ -497,28 +439,22 @@ class MultimodalDataModule(pl.LightningDataModule):
         return sampler
 
     def _lengths(self, raw: Dataset, source: str | None = None) -> list[float] | None:
-        """The length of each sample in the ``bucket_by`` column, read without loading any
-        sample: tokens for text (as the column's tokenizer splits it: exact for word and
-        character tokenizers, words for BPE; with ``<bos> <eos>`` for targets, capped at its
-        ``max_length``), seconds for audio (a ``duration``
-        column if the data set has one, else each file's header; capped at the audio
-        transform's ``max_seconds``). None: this data set is not bucketed (data=multi).
+        """The length of each sample in the ``bucket_by`` input or target, read without
+        loading any sample (see each one's ``lengths``). None: this data set is not bucketed
+        (data=multi).
 
         Raises:
             MMTrainError: naming ``data.bucket_by``, for a column that this model does not
-                load as text or audio (listing those it does), or a data set whose
-                ``values()`` give no per-sample text, audio paths or durations.
+                load with a length (listing those it does), a data set without
+                ``values(column)``, or one that does not give one value per sample.
         """
         column = self.bucket_by
-        bucketable = [m for m in ("text", "audio") if m in self.modalities] + [
-            t
-            for t in self.tasks
-            if t in self.tokenizers and not getattr(self.tokenizers[t], "soft_targets", False)
-        ]
-        if column not in bucketable:
+        bucketable = [name for name, part in self.parts.items() if part.bucketable]
+        part = self.parts.get(column)
+        if part is None or not part.bucketable:
             why = (
                 "has no length (a class, image or answer column)"
-                if column in self.modalities + self.tasks
+                if part is not None
                 else "is not a column that the training data loads"
             )
             choice = (
@@ -534,47 +470,17 @@ class MultimodalDataModule(pl.LightningDataModule):
                 f"data.bucket_by={column!r}: {name} has no values(column), so its samples' "
                 "lengths are not known without loading them; set data.bucket_by=null"
             )
-        values = list(raw.values(column))
-        if column == "audio":
-            try:
-                durations = list(raw.values("duration"))
-            except (KeyError, ValueError):  # no such column
-                durations = []
-            if durations and all(
-                isinstance(d, (int, float)) and not isinstance(d, bool) for d in durations
-            ):
-                values = [float(d) for d in durations]
-            elif values and all(isinstance(v, (str, os.PathLike)) for v in values):
-                # A manifest's media paths are relative to the manifest's folder.
-                base = inner.path.parent if isinstance(inner, ManifestDataset) else None
-                values = audio_seconds(values, base)
-            else:
-                raise MMTrainError(
-                    f"data.bucket_by='audio': {name} gives no audio file paths (values('audio')) "
-                    "nor a numeric 'duration' column, and the audio lengths are not known "
-                    "without decoding every sample; add a duration column, bucket by a text "
-                    "column, or set data.bucket_by=null"
-                )
-        size = len(raw)  # type: ignore[arg-type]
-        if len(values) != size:
+        base = getattr(inner, "base", None)  # the folder a manifest's media paths start from
+        try:
+            lengths = part.lengths(raw.values, Path(base) if base is not None else None)
+        except MMTrainError as err:
+            raise MMTrainError(f"{err} ({name})") from None
+        if len(lengths) != len(raw):  # type: ignore[arg-type]
             raise MMTrainError(
-                f"data.bucket_by={column!r}: {name} gives {len(values)} {column!r} values for "
-                f"{size} samples, not one per sample, so they are not the samples' lengths; "
-                "set data.bucket_by=null"
+                f"data.bucket_by={column!r}: {name} gives {len(lengths)} {column!r} values for "
+                f"{len(raw)} samples, not one per sample, so they are not the samples' "
+                "lengths; set data.bucket_by=null"
             )
-        if column == "audio":
-            audio = self.transforms["audio"]
-            cap = getattr(audio, "max_samples", None)
-            cap = math.inf if cap is None else cap / audio.sample_rate
-            lengths = [min(float(v), cap) for v in values]
-        else:
-            tokenizer = self.transforms["text"] if column == "text" else self.tokenizers[column]
-            split = getattr(tokenizer, "split", str.split)
-            specials = 0 if column == "text" else 2  # targets are <bos> ... <eos>
-            cap = getattr(tokenizer, "max_length", None) or math.inf
-            lengths = [
-                0.0 if v is None else float(min(len(split(str(v))) + specials, cap)) for v in values
-            ]
         log.info(
             "length bucketing of %s by %s: %d samples, lengths %.4g to %.4g, pools of %d batches",
             name,

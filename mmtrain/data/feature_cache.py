@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -137,19 +136,23 @@ class CachedFeaturesDataset(Dataset):
 
 
 def fingerprint(
-    encoder: nn.Module, transform: Any, probe: Tensor | None, dataset: str, split: str, dtype: str
+    encoder: nn.Module,
+    preprocessing: str,
+    probe: Tensor | None,
+    dataset: str,
+    split: str,
+    dtype: str,
 ) -> str:
     """A short hash of what the cached features depend on: the encoder's weights, the
-    preprocessing (its settings, and ``probe``: the first sample as it preprocesses it, which
-    catches a setting kept only inside a torchvision or torchaudio module), the data set, the
-    split and the storage type."""
+    preprocessing (its input's ``fingerprint()``, and ``probe``: the first sample as it
+    preprocesses it, which catches a setting kept only inside a torchvision or torchaudio
+    module), the data set, the split and the storage type."""
     digest = hashlib.sha256()
     for name, tensor in sorted(encoder.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
     digest.update(repr(type(encoder)).encode())
-    config = sorted((k, v) for k, v in vars(transform).items() if not isinstance(v, Tensor))
-    digest.update(re.sub(r" at 0x[0-9a-f]+", "", repr(config)).encode())  # no addresses
+    digest.update(preprocessing.encode())
     if probe is not None:
         digest.update(probe.contiguous().view(-1).view(torch.uint8).numpy())
     digest.update(f"{dataset}|{split}|{dtype}".encode())
@@ -161,14 +164,18 @@ def _items(items: list[Any]) -> list[Any]:
 
 
 def _encode_batch(
-    encoder: nn.Module, modality: str, items: list[dict[str, Any]], module: Any
+    encoder: nn.Module,
+    modality: str,
+    items: list[dict[str, Any]],
+    module: Any,
+    collate_parts: Any = None,
 ) -> list[tuple[np.ndarray, bool]]:
     """``[(valid tokens (T, D), whether the encoder gave a mask)]`` of preprocessed items.
 
     Raises:
         MMTrainError: for a mask that is not a prefix (the cache keeps valid tokens only).
     """
-    batch = collate(items)
+    batch = collate(items, collate_parts)
     x = module._input(modality, batch[modality].to(module.device))
     mask = batch.get(f"{modality}_mask")
     with module.trainer.precision_plugin.forward_context():
@@ -198,6 +205,7 @@ def _compute_part(
     dtype: str,
     on_error: str,
     module: Any,
+    collate_parts: Any = None,
 ) -> bool:
     """Encode ``indices`` of ``dataset`` into ``folder`` (``tokens.bin``, ``offsets.npy``,
     ``meta.json`` last); returns whether the encoder gave a mask."""
@@ -216,7 +224,9 @@ def _compute_part(
             batch_indices = indices[position : position + len(items)]
             position += len(items)
             good = [item for item in items if not isinstance(item, BadSample)]
-            encoded = iter(_encode_batch(encoder, modality, good, module) if good else [])
+            encoded = iter(
+                _encode_batch(encoder, modality, good, module, collate_parts) if good else []
+            )
             for index, item in zip(batch_indices, items):
                 if isinstance(item, BadSample):
                     if on_error == "raise":
@@ -278,15 +288,13 @@ def build_feature_cache(module: Any, datamodule: Any) -> dict[str, bool]:
         for modality in cached:
             encoder = module.encoders[modality]
             # the modality alone: the other columns are not read
-            only = datamodule.dataset_factory(
-                split=split, columns=[modality], **datamodule.dataset_kwargs
-            )
+            only = datamodule.open(split, datamodule.inputs[modality].columns)
             dataset = TransformedDataset(only, datamodule.encode, train=False)
             first = dataset[0] if len(dataset) else None
             probe = first[modality] if isinstance(first, dict) else None  # None: a bad sample
             key = fingerprint(
                 encoder,
-                datamodule.transforms[modality],
+                datamodule.inputs[modality].fingerprint(),
                 probe,
                 description,
                 split,
@@ -331,6 +339,7 @@ def _build(
             dtype=datamodule.cache_dtype,
             on_error=datamodule.on_error,
             module=module,
+            collate_parts=datamodule.parts,
         )
     finally:
         encoder.train(was_training)

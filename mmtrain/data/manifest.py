@@ -94,6 +94,8 @@ class ManifestDataset(Dataset):
         train: the training manifest.
         val: the validation manifest.
         test: the test manifest; None uses ``val``.
+        optional: columns a sample may lack (left out of its item): a tabular input's, with
+            ``data.tabular.missing=mean``.
 
     Raises:
         ValueError: for an unknown split, or both ``path`` and split files.
@@ -110,8 +112,9 @@ class ManifestDataset(Dataset):
         train: str | None = None,
         val: str | None = None,
         test: str | None = None,
+        optional: list[str] = (),
     ) -> None:
-        key = ""
+        key, self.optional = "", set(optional)
         if path is None:
             if split not in SPLITS:
                 raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -132,6 +135,7 @@ class ManifestDataset(Dataset):
             self.path = Path(root) / self.path
         if not self.path.is_file():
             raise MMTrainError(f"{key}manifest not found: {self.path.absolute()}")
+        self.base = self.path.parent  # media paths in the manifest are relative to its folder
         self.records = self._read()
         if not self.records:
             raise MMTrainError(f"{key}{self.path}: the manifest has no samples")
@@ -189,6 +193,8 @@ class ManifestDataset(Dataset):
         record = self.records[index]
         item: dict[str, Any] = {"id": str(record["id"])}
         for col in self.load:
+            if col not in record and col in self.optional:
+                continue
             if col not in record:
                 raise MMTrainError(f"{self.where(index)}: missing column {col!r}")
             value = record[col]

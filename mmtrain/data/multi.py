@@ -23,6 +23,7 @@ on every process of a distributed run (each data set is then split over the proc
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
@@ -31,9 +32,14 @@ import torch
 from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 
-from mmtrain.contracts import SPLITS, Batch
-from mmtrain.data.datamodule import SPLIT_OF_STAGE, MultimodalDataModule, split_kwargs
-from mmtrain.data.transforms import AudioTransform, ImageTransform, WordTokenizer
+from mmtrain.contracts import SPLITS, Batch, Column
+from mmtrain.data.datamodule import (
+    SPLIT_OF_STAGE,
+    MultimodalDataModule,
+    optional_kwargs,
+    signature_with,
+    split_kwargs,
+)
 from mmtrain.errors import MMTrainError
 
 log = logging.getLogger(__name__)
@@ -167,37 +173,25 @@ class MultiSourceLoader:
 
 
 class MultiDataModule(MultimodalDataModule):
-    """Several data sets (``sources``) sharing the preprocessing, vocabularies and model.
+    """Several data sets (``sources``) sharing the inputs, targets and model.
 
     Each data set loads the model's modalities that it has (a batch without a modality is
     fused without it) and feeds its tasks: those listed in its ``tasks``, else every task of
     the model whose column it has. A data set that feeds no task of the model is left out (a
-    warning), and every task must be fed by one data set at least. Items, bad samples
-    (counted per data set: ``skipped["train/<name>"]``) and the checkpointed state are those
-    of :class:`MultimodalDataModule`; see this module's docstring for ``sampling``.
+    warning), and every task must be fed by one data set at least. Inputs and targets are
+    fitted on the union of the training splits. Items, bad samples (counted per data set:
+    ``skipped["train/<name>"]``) and the checkpointed state are those of
+    :class:`MultimodalDataModule`; see this module's docstring for ``sampling``. Length
+    bucketing (``bucket_by``): each data set that loads that column buckets its own samples;
+    the others keep their plain order (a warning).
 
     Args:
         sources: ``{name: DataSource}`` (or its keyword arguments as a mapping).
         sampling: how training batches are drawn from the data sets.
         temperature: ``T`` of ``temperature`` sampling.
-        seed: seed of the order of data sets (per epoch).
-        image: image preprocessing.
-        text: the tokenizer for the ``text`` modality.
-        audio: audio preprocessing.
-        tokenizers: ``{task: tokenizer}`` for text targets such as ``caption``.
-        mask_classes: the class names of ``mask`` targets (segmentation).
-        modalities: the inputs to load (wired by build.py).
-        tasks: the targets to load (wired by build.py).
-        batch_size: samples per batch (per device).
-        num_workers: data-loader worker processes (per data set).
-        pin_memory: pin host memory; None pins when CUDA is available.
-        predict_split: the split that ``mmtrain predict`` runs on, in every data set.
-        on_error: ``raise`` or ``skip`` (see :class:`MultimodalDataModule`).
-        max_skipped: with ``skip``, the budget of each data set's pass.
-        bucket_by: length bucketing of training batches (see :class:`MultimodalDataModule`):
-            each data set that loads this column buckets its own samples; the others keep
-            their plain order (a warning). None: no bucketing.
-        bucket_pool: with ``bucket_by``, the batches drawn together and sorted by length.
+        **kwargs: :class:`MultimodalDataModule`'s, except ``dataset``, ``root`` and the split
+            files, which each source has (``seed`` also draws the order of data sets;
+            ``num_workers`` are per data set).
 
     Raises:
         ValueError: for no data sets, an unknown sampling, a non-positive temperature, a data
@@ -211,49 +205,16 @@ class MultiDataModule(MultimodalDataModule):
             "proportional"
         ),
         temperature: float = 2.0,
-        seed: int = 0,
-        image: ImageTransform | None = None,
-        text: WordTokenizer | None = None,
-        audio: AudioTransform | None = None,
-        tokenizers: dict[str, WordTokenizer] | None = None,
-        mask_classes: list[str] | None = None,
-        modalities: list[str] = (),
-        tasks: list[str] = (),
-        batch_size: int = 32,
-        num_workers: int = 0,
-        pin_memory: bool | None = None,
-        predict_split: str = "test",
-        on_error: Literal["raise", "skip"] = "raise",
-        max_skipped: float = 0.01,
-        bucket_by: str | None = None,
-        bucket_pool: int = 50,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            dataset=None,
-            image=image,
-            text=text,
-            audio=audio,
-            tokenizers=tokenizers,
-            mask_classes=mask_classes,
-            modalities=modalities,
-            tasks=tasks,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            predict_split=predict_split,
-            on_error=on_error,
-            max_skipped=max_skipped,
-            seed=seed,
-            bucket_by=bucket_by,
-            bucket_pool=bucket_pool,
-        )
+        super().__init__(dataset=None, **kwargs)
         if not sources:
             raise ValueError("data.sources is empty: list the data sets, {name: {dataset: ...}}")
         if sampling not in SAMPLING:
             raise ValueError(f"sampling must be one of {SAMPLING}, got {sampling!r}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.sampling, self.temperature, self.seed = sampling, float(temperature), int(seed)
+        self.sampling, self.temperature = sampling, float(temperature)
         self.sources: dict[str, DataSource] = {}
         self.source_kwargs: dict[str, dict[str, str]] = {}
         for name, source in sources.items():
@@ -268,7 +229,7 @@ class MultiDataModule(MultimodalDataModule):
             self.source_kwargs[name] = split_kwargs(
                 source.dataset, source.root, source.train, source.val, source.test,
                 key=f"data.sources.{name}",
-            )  # fmt: skip
+            ) | optional_kwargs(source.dataset, self.inputs)  # fmt: skip
         self.columns: dict[str, list[str]] = {}  # {source: the columns it loads}
         self.datasets: dict[str, dict[str, Dataset]] = {}  # {split: {source: data set}}
 
@@ -301,7 +262,7 @@ class MultiDataModule(MultimodalDataModule):
                 )
             return dataset
         tasks = [t for t in self.tasks if source.tasks is None or t in source.tasks]
-        wanted = self.modalities + tasks
+        wanted = self.input_columns() + tasks
         dataset = source.dataset(split=split, columns=wanted, **kwargs)
         has = getattr(dataset, "columns", None)
         if has is not None and not set(wanted) <= set(has):
@@ -321,30 +282,29 @@ class MultiDataModule(MultimodalDataModule):
         return dataset
 
     def setup(self, stage: str | None = None) -> None:
-        """Open the splits of ``stage`` of every data set and build vocabularies and classes."""
+        """Open the splits of ``stage`` of every data set and fit what is not fitted yet."""
         if stage == "predict":  # inputs only, from every data set
-            split = self.predict_split
+            split, inputs = self.predict_split, self.input_columns()
             if split not in self.datasets:
                 self.datasets[split] = {
                     name: self.sources[name].dataset(
                         split=split,
-                        columns=[c for c in self.columns.get(name, self.modalities)
-                                 if c in self.modalities],
+                        columns=[c for c in self.columns.get(name, inputs) if c in inputs],
                         **self.source_kwargs[name],
                     )
                     for name in self.sources
                     if self.columns.get(name) != []
-                }  # fmt: skip
+                }
             return
         splits = set(SPLIT_OF_STAGE.get(stage or "", SPLITS))
-        if self._needs_training_split():
+        if not all(part.fitted for part in self.parts.values()):
             splits.add("train")
         for split in sorted(splits - set(self.datasets)):
             opened = {name: self._open(name, split) for name in self.sources}
             self.datasets[split] = {n: d for n, d in opened.items() if d is not None}
         self._check_tasks_fed()
         if "train" in splits:
-            self._build_vocabularies(self._train_values)
+            self.fit(self.datasets["train"])
 
     def _check_tasks_fed(self) -> None:
         fed = {c for columns in self.columns.values() for c in columns}
@@ -355,13 +315,21 @@ class MultiDataModule(MultimodalDataModule):
                     f"target; add one to data.sources or remove the task with ~head/{task}"
                 )
 
-    def _train_values(self, column: str) -> list[Any]:
-        return [
-            value
-            for name, dataset in self.datasets["train"].items()
-            if column in self.columns[name]
-            for value in dataset.values(column)
+    def column(self, dataset: Any, name: str, part: Any) -> Column:
+        """What ``part`` is fitted on: its column(s) in every training split that loads them
+        (``dataset``: ``{source: training split}``)."""
+        columns = getattr(part, "columns", [name])
+        parts = [
+            super(MultiDataModule, self).column(split, name, part)
+            for source, split in dataset.items()
+            if all(c in self.columns[source] for c in columns)
         ]
+        classes = next((p.classes for p in parts if p.classes is not None), None)
+        return Column(
+            lambda: [v for p in parts for v in p.values()],
+            lambda n: [v for p in parts for v in p.decoded(n)],
+            classes,
+        )
 
     # ---- loaders ------------------------------------------------------------------------------
     def _train_loaders(self) -> dict[str, DataLoader]:
@@ -424,3 +392,18 @@ class MultiDataModule(MultimodalDataModule):
 
     def predict_dataloader(self) -> Any:
         return self._eval_loaders(self.predict_split)
+
+
+MultiDataModule.__signature__ = signature_with(
+    MultimodalDataModule,
+    ("dataset", "root", "train", "val", "test"),
+    [
+        inspect.Parameter("sources", inspect.Parameter.KEYWORD_ONLY, annotation=Mapping),
+        inspect.Parameter(
+            "sampling", inspect.Parameter.KEYWORD_ONLY, default="proportional", annotation=str
+        ),
+        inspect.Parameter(
+            "temperature", inspect.Parameter.KEYWORD_ONLY, default=2.0, annotation=float
+        ),
+    ],
+)

@@ -16,18 +16,15 @@ Exact resume asks three things of the data pipeline, and this module provides th
 Length bucketing (``data.bucket_by``) keeps all three: :func:`bucket_order` regroups this
 rank's share of the epoch into batches of similar length, drawn from ``(seed, epoch)`` and the
 lengths only, as whole batches (so a position in batches is still one in samples), and each
-sample keeps its seed. :func:`audio_seconds` gives audio lengths from file headers.
+sample keeps its seed.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import random
 from collections.abc import Iterator, Sequence, Sized
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -106,45 +103,6 @@ def bucket_order(
     if generator is not None:
         batches = batches[torch.randperm(full, generator=generator).numpy()]
     return batches.ravel().tolist() + order[full * batch_size :].tolist()
-
-
-def audio_seconds(paths: Sequence[str | Path | None], base: Path | None = None) -> list[float]:
-    """The duration of each audio file from its header (nothing is decoded).
-
-    Args:
-        paths: the files; a relative path is relative to ``base`` (else the working directory).
-        base: the folder that relative paths are relative to (a manifest's folder).
-
-    Returns:
-        Seconds per file; 0 for a missing value or a file whose header cannot be read (its
-        loading reports the problem, or skips it with ``data.on_error=skip``), logged.
-    """
-    import soundfile as sf
-
-    def seconds(path: str | Path | None) -> float:
-        if path is None:
-            return math.nan
-        file = Path(path)
-        if base is not None and not file.is_absolute():
-            file = base / file
-        try:
-            info = sf.info(str(file))
-        except (RuntimeError, OSError, ValueError):  # missing or unreadable: its loading says
-            return math.nan
-        return info.frames / info.samplerate if info.samplerate else math.nan
-
-    with ThreadPoolExecutor(max_workers=8) as pool:  # headers: I/O-bound on network storage
-        durations = list(pool.map(seconds, paths, chunksize=256))
-    bad = [i for i, d in enumerate(durations) if math.isnan(d)]
-    if bad:
-        log.warning(
-            "length bucketing: %d of %d audio files have no readable header (the first: %s); "
-            "they count as length 0",
-            len(bad),
-            len(durations),
-            paths[bad[0]],
-        )
-    return [0.0 if math.isnan(d) else d for d in durations]
 
 
 class ResumableSampler(DistributedSampler):

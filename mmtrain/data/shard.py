@@ -257,6 +257,8 @@ def write(cfg: Any, preset: str, out: Path, options: dict[str, Any]) -> None:
                     raise err from None
                 lines.append(f"mmtrain shard: {split}: skipped ({err})")
                 continue
+            if hasattr(dataset, "optional"):  # a copy: a sample keeps the values it has
+                dataset.optional = set(getattr(dataset, "columns", ()) or ())
             index, line = write_split(dataset, split, tmp / split, options, data)
             written[split] = index
             lines.append(f"mmtrain shard: {line}")

@@ -52,7 +52,7 @@ import math
 import random
 import tarfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,7 @@ from mmtrain.data.bad_samples import (
     TransformedDataset,
     collate_checked,
 )
-from mmtrain.data.datamodule import MultimodalDataModule
+from mmtrain.data.datamodule import MultimodalDataModule, signature_with
 from mmtrain.data.io import load_mask
 from mmtrain.data.sampling import POSITION, SampleKey
 from mmtrain.errors import MMTrainError
@@ -166,7 +166,10 @@ class ShardedDataset:
             is not mmtrain's, or a shard file listed in the index that is not there.
     """
 
-    def __init__(self, root: str, split: str, columns: list[str] | None = None) -> None:
+    def __init__(
+        self, root: str, split: str, columns: list[str] | None = None, optional: list[str] = ()
+    ) -> None:
+        self.optional = set(optional)
         self.root, self.split = Path(root), split
         self.path = self.root / split / INDEX
         hint = f"write them with: mmtrain shard <data preset> out={self.root}"
@@ -300,7 +303,7 @@ class ShardedDataset:
             item[column] = decode_field(
                 self.kinds.get(column, "value"), ext, data, f"{where}.{field}"
             )
-        missing = sorted((self.load or set()) & set(self.columns) - set(item))
+        missing = sorted((self.load or set()) & set(self.columns) - set(item) - self.optional)
         if "id" not in item or missing:
             raise MMTrainError(f"{where}: the sample has no {(missing or ['id'])[0]!r}")
         return item
@@ -384,6 +387,7 @@ class ShardStream(IterableDataset):
         world: the number of processes.
         shuffle_buffer: with ``shuffle``, the samples of the shuffle buffer (0 or 1: none).
         shuffle: shuffle the shards and samples; None: in training.
+        parts: the data module's inputs and targets, which collate their own keys.
     """
 
     def __init__(
@@ -397,6 +401,7 @@ class ShardStream(IterableDataset):
         world: int = 1,
         shuffle_buffer: int = 0,
         shuffle: bool | None = None,
+        parts: Mapping[str, Any] | None = None,
     ) -> None:
         if not 0 <= rank < world:
             raise ValueError(f"need 0 <= rank < world, got rank {rank}, world {world}")
@@ -405,6 +410,7 @@ class ShardStream(IterableDataset):
         self.shuffle = train if shuffle is None else shuffle
         self.shuffle_buffer = shuffle_buffer if self.shuffle else 0
         self.transformed = TransformedDataset(_Current(split), encode, train)
+        self.parts = parts
         self.per_rank = math.ceil(len(split) / world)
         self.num_batches = math.ceil(self.per_rank / batch_size)
         # (epoch, first batch) of the next pass, shared with persistent loader workers
@@ -451,13 +457,13 @@ class ShardStream(IterableDataset):
             for number, raw in samples:
                 batch.append(self._load(epoch, number, raw))
                 if len(batch) == self.batch_size:
-                    yield {**collate_checked(batch), POSITION: places[i] + 1}
+                    yield {**collate_checked(batch, parts=self.parts), POSITION: places[i] + 1}
                     batch, i = [], i + 1
         except _StreamError as err:
             yield {STREAM_ERROR: str(err)}
             return
         if batch:
-            yield {**collate_checked(batch), POSITION: places[i] + 1}
+            yield {**collate_checked(batch, parts=self.parts), POSITION: places[i] + 1}
 
     def _samples(
         self, epoch: int, start: int, stop: int, block: int
@@ -577,6 +583,7 @@ class WebDataModule(MultimodalDataModule):
             world,
             self.shuffle_buffer,
             shuffle=train and not overfit,
+            parts=self.parts,
         )
         resume_at = None
         if train and self._resume is not None:
@@ -602,17 +609,12 @@ class WebDataModule(MultimodalDataModule):
         return int(trainer.current_epoch) if trainer is not None else 0
 
 
-def _signature() -> inspect.Signature:
-    """:class:`MultimodalDataModule`'s parameters and ``shuffle_buffer``: what the config check
-    binds ``data.*`` keys against (typos get a did-you-mean, values their type check)."""
-    try:
-        base = inspect.signature(MultimodalDataModule, eval_str=True)
-    except Exception:  # an annotation that does not evaluate here: keys are still checked
-        base = inspect.signature(MultimodalDataModule)
-    own = inspect.Parameter(
-        "shuffle_buffer", inspect.Parameter.KEYWORD_ONLY, default=1000, annotation=int
-    )
-    return base.replace(parameters=[*base.parameters.values(), own])
-
-
-WebDataModule.__signature__ = _signature()
+WebDataModule.__signature__ = signature_with(
+    MultimodalDataModule,
+    (),
+    [
+        inspect.Parameter(
+            "shuffle_buffer", inspect.Parameter.KEYWORD_ONLY, default=1000, annotation=int
+        )
+    ],
+)

@@ -196,13 +196,17 @@ def test_did_you_mean_knows_the_keys_of_the_chosen_presets():
     suggestions are then made on the config of the group choices alone)."""
     from mmtrain.cli import suggest_keys
 
-    chosen = ["experiment=coco_caption", "data.root=/x", "data.tokenizers.caption.min_freq=1"]
+    chosen = [
+        "experiment=coco_caption",
+        "data.root=/x",
+        "data.targets.caption.tokenizer.min_freq=1",
+    ]
     assert suggest_keys("fit", [*chosen, "data.image.augmentt=false"]) == [  # its signature's
         "mmtrain: unknown key 'data.image.augmentt'; did you mean 'data.image.augment'?"
     ]
-    assert suggest_keys("fit", [*chosen[:2], "data.tokenizers.caption.min_fre=1"]) == [
-        "mmtrain: unknown key 'data.tokenizers.caption.min_fre'; "
-        "did you mean 'data.tokenizers.caption.min_freq'?"
+    assert suggest_keys("fit", [*chosen[:2], "data.targets.caption.tokenizer.min_fre=1"]) == [
+        "mmtrain: unknown key 'data.targets.caption.tokenizer.min_fre'; "
+        "did you mean 'data.targets.caption.tokenizer.min_freq'?"
     ]
 
 
@@ -365,8 +369,8 @@ def test_checkpoint_carries_config_and_data_state(fitted):
     stored = yaml.safe_load(ckpt["mmtrain"]["config"])
     assert stored["data"]["dataset"]["num_train"] == 24 and "fusion" in stored
     data = ckpt["mmtrain"]["data"]
-    assert data["text"]["vocab"][:4] == ["<pad>", "<unk>", "<bos>", "<eos>"]
-    assert len(data["class_names"]["label"]) >= 2
+    assert data["inputs"]["text"]["vocab"][:4] == ["<pad>", "<unk>", "<bos>", "<eos>"]
+    assert len(data["targets"]["label"]["classes"]) >= 2
 
 
 def test_test_from_the_checkpoint(fitted, tmp_path, session_dirs):
@@ -385,7 +389,7 @@ def test_test_from_the_checkpoint(fitted, tmp_path, session_dirs):
     assert [r["id"] for r in rows] == [f"test_{i:05d}" for i in range(8)]
     import torch
 
-    classes = torch.load(ckpt, weights_only=True)["mmtrain"]["data"]["class_names"]["label"]
+    classes = torch.load(ckpt, weights_only=True)["mmtrain"]["data"]["targets"]["label"]["classes"]
     assert {r["prediction"] for r in rows} <= set(classes)
     assert not (run / "checkpoints").exists()
 

@@ -51,7 +51,7 @@ def test_the_shortest_command_classifies_label(project):
     assert 0.0 <= metrics["val/label/accuracy"] <= 1.0 and "train/loss/label" in metrics
     assert not any(k.startswith(("val/caption", "train/loss/caption")) for k in metrics)
     state = json.loads((run / "data_state.json").read_text())
-    assert state["class_names"] == {"label": ["0", "2", "10"]}
+    assert state["targets"] == {"label": {"classes": ["0", "2", "10"]}}
 
 
 @pytest.fixture(scope="module")

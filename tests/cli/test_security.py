@@ -45,9 +45,10 @@ class Payload:
 
 # The data state of a checkpoint: the text vocabulary and the label classes.
 DATA_STATE = {
-    "text": {"vocab": ["<pad>", "<unk>", "<bos>", "<eos>", "a", "large", "shape", "small"]},
-    "class_names": {"label": ["circle_high", "circle_low", "square_high"]},
-    "targets": {},
+    "inputs": {
+        "text": {"vocab": ["<pad>", "<unk>", "<bos>", "<eos>", "a", "large", "shape", "small"]}
+    },
+    "targets": {"label": {"classes": ["circle_high", "circle_low", "square_high"]}},
 }
 
 
@@ -106,7 +107,12 @@ def _put(config: dict[str, Any], path: str, value: Any) -> None:
 INJECTIONS = [
     ("os_system_data", "data", "os.system", ["touch {marker}"]),
     ("eval_image_encoder", "encoder.image", "builtins.eval", ["open('{marker}', 'w')"]),
-    ("open_caption_tokenizer", "data.tokenizers.caption", "builtins.open", ["{marker}", "w"]),
+    (
+        "open_caption_tokenizer",
+        "data.targets.caption.tokenizer",
+        "builtins.open",
+        ["{marker}", "w"],
+    ),
     ("subprocess_run_head_subnode", "head.label.extra", "subprocess.run", [["touch", "{marker}"]]),
     (
         "popen_list_element",
@@ -118,11 +124,11 @@ INJECTIONS = [
     ("torch_hub_load_optimizer", "optimizer", "torch.hub.load", ["{marker}", "x"]),
     ("private_mmtrain", "loss_weighting", "mmtrain._x.evil", ["{marker}"]),
     # An allowed prefix, but the os module that mmtrain.data.coco imports: os.system. As a
-    # tokenizer of its own (data.tokenizers takes any key), a node the data module's
+    # tokenizer of its own (data.targets takes any key), a node the data module's
     # instantiation builds: it would run if it passed the check.
     (
         "os_through_mmtrain_module",
-        "data.tokenizers.evil",
+        "data.targets.evil",
         "mmtrain.data.coco.os.system",
         ["touch {marker}"],
     ),
@@ -130,7 +136,7 @@ INJECTIONS = [
     # (or overwrite) any file the user can write.
     (
         "torch_save_through_torch_optim",
-        "data.tokenizers.evil",
+        "data.targets.evil",
         "torch.optim.optimizer.torch.save",
         [{"x": 1}, "{marker}"],
     ),
@@ -214,11 +220,11 @@ def hostile(
     smuggle["allowed_targets"] = ["os.", "posix."]
     configs["allowed_targets_in_checkpoint"] = smuggle
     interpolated = _stored_config()  # mmtrain.${...}: allowed as written, os.system resolved
-    interpolated["data"]["tokenizers"]["evil"] = {
-        "_target_": "mmtrain.${data.tokenizers.where}",
+    interpolated["data"]["targets"]["evil"] = {
+        "_target_": "mmtrain.${data.targets.where}",
         "_args_": [f"touch {marker('interpolated_target')}"],
     }
-    interpolated["data"]["tokenizers"]["where"] = "data.coco.os.system"
+    interpolated["data"]["targets"]["where"] = "data.coco.os.system"
     configs["interpolated_target"] = interpolated
     configs["clean"] = _stored_config()  # the control: passes the check, fails to load weights
     for case, config in configs.items():
@@ -267,7 +273,7 @@ def test_a_forbidden_target_in_the_stored_config_is_refused_before_anything_runs
 ):
     path, target = TARGETS.get(case, ("data", "os.system"))
     if case == "interpolated_target":
-        path, target = "data.tokenizers.evil", "mmtrain.data.coco.os.system"
+        path, target = "data.targets.evil", "mmtrain.data.coco.os.system"
     line = _one_error_line(hostile["results"][f"{case}:{stage}"], stage)
     assert f"{path}._target_={target!r} is not allowed" in line, line
     assert not (hostile["markers"] / case).exists()

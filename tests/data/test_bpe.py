@@ -12,8 +12,9 @@ import torch
 
 from mmtrain.contracts import Features
 from mmtrain.data.datamodule import MultimodalDataModule
+from mmtrain.data.inputs import ImageInput
 from mmtrain.data.shapes import ShapesDataset
-from mmtrain.data.transforms import ImageTransform
+from mmtrain.data.targets import TextTarget
 from mmtrain.data.transforms.bpe import BPETokenizer
 from mmtrain.heads.caption import TransformerCaptionHead
 from mmtrain.utils.config_check import check_config
@@ -164,7 +165,7 @@ def test_bad_values_and_use_before_fit():
 def test_coco_caption_bpe_preset(compose_config, tmp_path):
     # The preset's caption node keeps coco_caption's WordTokenizer keys (min_freq): it must
     # still pass the config check and build, also with the usual min_freq override.
-    for extra in ([], ["data.tokenizers.caption.min_freq=1"]):
+    for extra in ([], ["data.targets.caption.tokenizer.min_freq=1"]):
         cfg = compose_config(
             "experiment=coco_caption",
             "data=coco_caption_bpe",
@@ -173,7 +174,7 @@ def test_coco_caption_bpe_preset(compose_config, tmp_path):
             output_dir=tmp_path,
         )
         check_config(cfg)
-        tok = safe_instantiate(cfg.data.tokenizers.caption, "data.tokenizers.caption")
+        tok = safe_instantiate(cfg.data.targets.caption.tokenizer, "data.targets.caption.tokenizer")
         assert isinstance(tok, BPETokenizer) and tok.target_vocab_size == 8000
         assert tok.strip_punctuation and tok.min_frequency == (1 if extra else 2)
 
@@ -186,8 +187,8 @@ def _datamodule(tiny_data: Path) -> MultimodalDataModule:
     caption = BPETokenizer(vocab_size=1000, max_length=16, strip_punctuation=True)
     return MultimodalDataModule(
         dataset=dataset,
-        image=ImageTransform(),
-        tokenizers={"caption": caption},
+        image=ImageInput(),
+        targets={"caption": TextTarget(caption)},
         modalities=["image"],
         tasks=["caption"],
         batch_size=4,
@@ -197,7 +198,7 @@ def _datamodule(tiny_data: Path) -> MultimodalDataModule:
 def test_data_module_batches_and_restores_bpe_captions(tiny_data):
     dm = _datamodule(tiny_data)
     dm.setup("fit")
-    tok = dm.tokenizers["caption"]
+    tok = dm.targets["caption"].tokenizer
     assert tok.fitted and tok.vocab_size > 260
     batch = next(iter(dm.val_dataloader()))
     caption, mask = batch["caption"], batch["caption_mask"]
@@ -213,7 +214,7 @@ def test_data_module_batches_and_restores_bpe_captions(tiny_data):
     restored.load_state_dict(state)
     assert restored.state_dict() == state
     restored.setup("test")  # a restored tokenizer is used as is
-    assert restored.tokenizers["caption"].vocab == tok.vocab
+    assert restored.targets["caption"].tokenizer.vocab == tok.vocab
     dm.setup("test")
     for a, b in zip(dm.test_dataloader(), restored.test_dataloader()):
         assert torch.equal(a["caption"], b["caption"])
@@ -222,7 +223,7 @@ def test_data_module_batches_and_restores_bpe_captions(tiny_data):
 def test_transformer_caption_head_with_bpe(tiny_data):
     dm = _datamodule(tiny_data)
     dm.setup("fit")
-    tok = dm.tokenizers["caption"]
+    tok = dm.targets["caption"].tokenizer
     torch.manual_seed(0)
     head = TransformerCaptionHead(
         in_dim=8, vocab_size=tok.vocab_size, tokenizer=tok, pad_id=tok.pad_id, dim=16, num_heads=2

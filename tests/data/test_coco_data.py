@@ -20,6 +20,7 @@ from helpers.coco import caption_text, write_coco, write_jpeg
 from PIL import Image
 
 from mmtrain.data.coco import CaptionDataset
+from mmtrain.data.inputs import ImageInput
 from mmtrain.errors import MMTrainError
 
 
@@ -126,7 +127,6 @@ def test_with_the_data_module_and_a_hydra_partial(coco):
     from hydra.utils import instantiate
 
     from mmtrain.data.datamodule import MultimodalDataModule
-    from mmtrain.data.transforms import ImageTransform
 
     root, _ = coco
     partial = instantiate(
@@ -135,7 +135,7 @@ def test_with_the_data_module_and_a_hydra_partial(coco):
     assert partial(split="val", columns=["caption"])[0]["id"] == "139"
     dm = MultimodalDataModule(
         dataset=functools.partial(CaptionDataset, root=str(root)),
-        image=ImageTransform(size=32),
+        image=ImageInput(size=32),
         modalities=["image"],
         batch_size=2,
         pin_memory=False,
@@ -145,7 +145,7 @@ def test_with_the_data_module_and_a_hydra_partial(coco):
     assert batch["id"] == ["139", "285"] and tuple(batch["image"].shape) == (2, 3, 32, 32)
     dm = MultimodalDataModule(
         dataset=functools.partial(CaptionDataset, root=str(root)),
-        image=ImageTransform(size=32),
+        image=ImageInput(size=32),
         modalities=["image"],
         tasks=["label"],
     )

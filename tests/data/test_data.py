@@ -19,6 +19,7 @@ from PIL import Image
 from mmtrain.build import build_datamodule
 from mmtrain.data.collate import collate
 from mmtrain.data.datamodule import MultimodalDataModule
+from mmtrain.data.inputs import ImageInput
 from mmtrain.data.manifest import ManifestDataset
 from mmtrain.data.shapes import ShapesDataset, generate_shapes
 from mmtrain.data.transforms import AudioTransform, ImageTransform, WordTokenizer
@@ -301,7 +302,7 @@ def _datamodule(tiny_data: Path, **kwargs) -> MultimodalDataModule:
     dataset = functools.partial(
         ShapesDataset, root=str(tiny_data), num_train=24, num_val=8, num_test=8
     )
-    return MultimodalDataModule(dataset=dataset, image=ImageTransform(), batch_size=4, **kwargs)
+    return MultimodalDataModule(dataset=dataset, image=ImageInput(), batch_size=4, **kwargs)
 
 
 def test_missing_target_column_names_the_head(tiny_data):
@@ -335,12 +336,18 @@ def test_batches_follow_the_contract(compose_config, tiny_data):
     assert batch["audio"].shape[2] == batch["audio_mask"].shape[1]
     assert batch["label"].shape == (4,) and batch["label"].dtype == torch.long
     facts = dm.facts()
-    assert facts.pop("tokenizers") == dm.tokenizers and "caption" in dm.tokenizers
-    assert facts == {
-        "class_names": dm.class_names,
-        "vocab_size": len(dm.transforms["text"].vocab),
-        "pad_id": 0,
-        "n_mels": 40,
+    assert facts["inputs"] == {
+        "image": {"image_size": 64},
+        "text": {"vocab_size": len(dm.inputs["text"].tokenizer.vocab), "pad_id": 0},
+        "audio": {"n_mels": 40},
+    }
+    caption = dm.targets["caption"].tokenizer
+    assert facts["targets"] == {
+        "label": {
+            "class_names": dm.class_names["label"],
+            "num_classes": len(dm.class_names["label"]),
+        },
+        "caption": {"tokenizer": caption, "vocab_size": caption.vocab_size, "pad_id": 0},
     }
     assert batch["caption"].dtype == torch.long and batch["caption_mask"].dtype == torch.bool
     assert batch["caption"][:, 0].eq(2).all()  # every caption starts with <bos>
@@ -359,9 +366,9 @@ def test_state_dict_round_trip(compose_config, tiny_data, tmp_path):
     fitted = build_datamodule(cfg)
     fitted.setup("fit")
     state = fitted.state_dict()
-    vocab = state["text"]["vocab"]
+    vocab = state["inputs"]["text"]["vocab"]
     assert vocab[:4] == ["<pad>", "<unk>", "<bos>", "<eos>"] and len(vocab) > 4
-    assert state["class_names"]["label"] == sorted(state["class_names"]["label"])
+    assert state["targets"]["label"]["classes"] == sorted(state["targets"]["label"]["classes"])
     # Plain types: loadable with weights_only=True (in a checkpoint) and as JSON.
     torch.save(state, tmp_path / "state.pt")
     assert torch.load(tmp_path / "state.pt", weights_only=True) == state
@@ -374,15 +381,22 @@ def test_state_dict_round_trip(compose_config, tiny_data, tmp_path):
     assert restored.state_dict() == state
     restored_facts, fitted_facts = restored.facts(), fitted.facts()
     vocabs = [
-        {k: t.vocab for k, t in f.pop("tokenizers").items()} for f in (restored_facts, fitted_facts)
+        f["targets"]["caption"].pop("tokenizer").vocab for f in (restored_facts, fitted_facts)
     ]
-    assert restored_facts == fitted_facts and vocabs[0] == vocabs[1] and vocabs[0]["caption"]
+    assert restored_facts == fitted_facts and vocabs[0] == vocabs[1] and vocabs[0]
 
     # A restored state is used as is, not rebuilt from the data.
+    caption_vocab = state["targets"]["caption"]["tokenizer"]["vocab"]
     shuffled = {
-        "text": {"vocab": vocab[:4] + vocab[4:][::-1]},
-        "class_names": {"label": state["class_names"]["label"][::-1]},
-        "targets": {"caption": {"vocab": state["targets"]["caption"]["vocab"][:4] + ["x"]}},
+        "inputs": {
+            "image": {"size": 64},
+            "text": {"vocab": vocab[:4] + vocab[4:][::-1]},
+            "audio": {},
+        },
+        "targets": {
+            "label": {"classes": state["targets"]["label"]["classes"][::-1]},
+            "caption": {"tokenizer": {"vocab": caption_vocab[:4] + ["x"]}},
+        },
     }
     other = build_datamodule(cfg)
     other.load_state_dict(shuffled)
@@ -392,7 +406,7 @@ def test_state_dict_round_trip(compose_config, tiny_data, tmp_path):
 
 def test_unknown_class_at_test_time_names_the_sample(tiny_data):
     dm = _datamodule(tiny_data, modalities=["image"], tasks=["label"])
-    dm.load_state_dict({"class_names": {"label": ["circle_low", "zzz"]}})
+    dm.load_state_dict({"targets": {"label": {"classes": ["circle_low", "zzz"]}}})
     dm.setup("test")
     with pytest.raises(MMTrainError, match=r"sample test_0000\d: label='\w+' is not a class"):
         for _ in dm.test_dataloader():

@@ -19,11 +19,13 @@ import torch
 from helpers.manifest import sample_rows, write_manifests, write_rows
 
 from mmtrain.build import build_datamodule
-from mmtrain.data.datamodule import MultimodalDataModule, class_order
+from mmtrain.data.datamodule import MultimodalDataModule
+from mmtrain.data.inputs import AudioInput, ImageInput, TextInput
 from mmtrain.data.manifest import ManifestDataset
 from mmtrain.data.sampling import POSITION
 from mmtrain.data.shapes import ShapesDataset
-from mmtrain.data.transforms import AudioTransform, ImageTransform, WordTokenizer
+from mmtrain.data.targets.label import class_order
+from mmtrain.data.transforms import AudioTransform
 from mmtrain.errors import MMTrainError
 from mmtrain.utils.config_check import check_config
 
@@ -40,9 +42,9 @@ def _dm(files: dict[str, Path], **kwargs: Any) -> MultimodalDataModule:
         "dataset": functools.partial(ManifestDataset),
         "train": str(files["train"]),
         "val": str(files["val"]),
-        "image": ImageTransform(size=16),
-        "text": WordTokenizer(max_length=8),
-        "audio": AudioTransform(n_mels=16),
+        "image": ImageInput(size=16),
+        "text": TextInput(max_length=8),
+        "audio": AudioInput(n_mels=16),
         "modalities": ["image", "text", "audio"],
         "tasks": ["label"],
         "batch_size": 2,
@@ -118,8 +120,10 @@ def test_integer_labels_are_ordered_by_value_and_saved(manifests):
     assert dm.class_names == {"label": ["0", "2", "10"]}  # by value, not as strings
     assert sorted(["10", "9", "x", "-2", "b"], key=class_order) == ["-2", "9", "10", "b", "x"]
     state = dm.state_dict()
-    assert json.loads(json.dumps(state)) == state and state["class_names"]["label"][2] == "10"
-    assert "ten" in state["text"]["vocab"]
+    assert (
+        json.loads(json.dumps(state)) == state and state["targets"]["label"]["classes"][2] == "10"
+    )
+    assert "ten" in state["inputs"]["text"]["vocab"]
     batch = next(iter(dm.val_dataloader()))  # val is CSV: "10" is the same class as 10
     assert batch["label"].tolist() == [0, 1] and batch["id"] == ["val_0", "val_1"]
     assert batch["image"].shape == (2, 3, 16, 16) and batch["audio"].shape[:2] == (2, 16)
@@ -192,7 +196,7 @@ def test_manifest_preset_checks_its_keys(compose_config, manifests):
     assert sorted(cfg.head) == ["caption", "label"]  # experiment=shapes adds head/caption
     dm = build_datamodule(cfg)
     dm.setup("fit")  # the manifest has captions: head/caption works on it too
-    assert dm.tokenizers["caption"].fitted and dm.class_names["label"] == ["0", "2", "10"]
+    assert dm.targets["caption"].tokenizer.fitted and dm.class_names["label"] == ["0", "2", "10"]
     batch = next(iter(dm.val_dataloader()))
     assert batch["caption"][:, 0].eq(2).all() and batch["image"].shape[-1] == 224
 

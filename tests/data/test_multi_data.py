@@ -11,7 +11,9 @@ from conftest import QUIET
 from helpers.cli import explain_run, mmtrain, run_dirs
 from helpers.multi import multi_datamodule
 
+from mmtrain.data.inputs import TextInput
 from mmtrain.data.multi import source_schedule
+from mmtrain.data.targets import TextTarget
 from mmtrain.data.transforms import WordTokenizer
 from mmtrain.errors import MMTrainError
 from mmtrain.run import run
@@ -70,14 +72,14 @@ def test_each_data_set_loads_what_it_has_and_vocabularies_are_shared(two_sources
     }
     assert dm.class_names == {"label": ["0", "2", "10"]}
     # the text vocabulary is built from the training texts of both data sets
-    assert dm.transforms["text"].fitted and dm.tokenizers["caption"].fitted
+    assert dm.inputs["text"].tokenizer.fitted and dm.targets["caption"].tokenizer.fitted
     facts = dm.facts()
-    assert facts["vocab_size"] == dm.transforms["text"].vocab_size
+    assert facts["inputs"]["text"]["vocab_size"] == dm.inputs["text"].tokenizer.vocab_size
     state = dm.state_dict()
     restored = multi_datamodule(
         two_sources,
-        text=WordTokenizer(max_length=8),
-        tokenizers={"caption": WordTokenizer(max_length=8)},
+        text=TextInput(max_length=8),
+        targets={"caption": TextTarget(WordTokenizer(max_length=8))},
     )
     restored.load_state_dict(state)
     restored.setup("validate")

@@ -179,5 +179,5 @@ def test_preset_composes_and_names_the_dataset() -> None:
     cfg = compose_cfg("data=refshapes")
     assert cfg.data.dataset._target_ == "mmtrain.data.refshapes.RefShapesDataset"
     assert cfg.data.root.endswith("/refshapes") and "audio" not in cfg.data
-    assert list(cfg.data.mask_classes) == ["background", "target"]
-    assert cfg.data.image.hflip == 0.0 and cfg.data.tokenizers == {}
+    assert list(cfg.data.targets.mask.classes) == ["background", "target"]
+    assert cfg.data.image.hflip == 0.0 and list(cfg.data.targets) == ["mask"]

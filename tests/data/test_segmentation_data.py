@@ -27,9 +27,11 @@ from torchvision.transforms import v2
 
 from mmtrain.build import head_facts
 from mmtrain.data.datamodule import MultimodalDataModule
+from mmtrain.data.inputs import ImageInput, TextInput
 from mmtrain.data.io import load_mask
 from mmtrain.data.manifest import ManifestDataset
-from mmtrain.data.transforms import ImageTransform, WordTokenizer
+from mmtrain.data.targets import MaskTarget
+from mmtrain.data.transforms import ImageTransform
 from mmtrain.data.transforms.image import IMAGENET_MEAN, IMAGENET_STD
 from mmtrain.errors import MMTrainError
 from mmtrain.run import run
@@ -106,12 +108,12 @@ def _dm(files: dict[str, Path], **kwargs: Any) -> MultimodalDataModule:
         "dataset": functools.partial(ManifestDataset),
         "train": str(files["train"]),
         "val": str(files["val"]),
-        "image": ImageTransform(size=16),
-        "text": WordTokenizer(max_length=8),
+        "image": ImageInput(size=16),
+        "text": TextInput(max_length=8),
         "modalities": ["image", "text"],
         "tasks": ["mask"],
         "batch_size": 2,
-        "mask_classes": CLASSES,
+        "targets": {"mask": MaskTarget(CLASSES)},
     }
     return MultimodalDataModule(**{**defaults, **kwargs})
 
@@ -281,26 +283,26 @@ def test_mask_classes_are_the_class_names_and_saved(manifests):
     dm = _dm(manifests)
     dm.setup("fit")
     facts = dm.facts()
-    assert facts["class_names"]["mask"] == CLASSES
+    assert facts["targets"]["mask"]["class_names"] == CLASSES
     wired = head_facts(facts, "mask")
     assert wired["num_classes"] == 3 and wired["class_names"] == CLASSES
     state = json.loads(json.dumps(dm.state_dict()))  # plain types
-    assert state["class_names"]["mask"] == CLASSES
+    assert state["targets"]["mask"]["classes"] == CLASSES
 
-    restored = _dm(manifests, mask_classes=None)
+    restored = _dm(manifests, targets={"mask": MaskTarget()})
     restored.load_state_dict(state)
     restored.setup("validate")
-    assert restored.facts()["class_names"]["mask"] == CLASSES
+    assert restored.facts()["targets"]["mask"]["class_names"] == CLASSES
     assert "train" not in restored.datasets  # nothing left to build from the training split
 
 
 def test_without_mask_classes_no_class_names_come_from_file_names(manifests, caplog):
-    dm = _dm(manifests, mask_classes=None)
+    dm = _dm(manifests, targets={"mask": MaskTarget()})
     with caplog.at_level(logging.WARNING):
         dm.setup("fit")
-    assert "mask" not in dm.facts()["class_names"]
-    assert "mask" not in dm.state_dict()["class_names"]
-    assert "data.mask_classes is not set" in caplog.text
+        assert dm.facts()["targets"]["mask"] == {}
+    assert dm.state_dict()["targets"]["mask"] == {}
+    assert "data.targets.mask.classes is not set" in caplog.text
     assert "head.mask.num_classes" in caplog.text
     batch = next(iter(dm.val_dataloader()))  # the masks load all the same
     assert batch["mask"].shape == (2, 16, 16)
@@ -308,8 +310,8 @@ def test_without_mask_classes_no_class_names_come_from_file_names(manifests, cap
 
 @pytest.mark.parametrize("classes", [["background"], ["a", "b", "a"], [str(i) for i in range(256)]])
 def test_bad_mask_classes_are_refused(manifests, classes):
-    with pytest.raises(ValueError, match="mask_classes must be 2 to 255 distinct class names"):
-        _dm(manifests, mask_classes=classes)
+    with pytest.raises(ValueError, match="classes must be 2 to 255 distinct class names"):
+        MaskTarget(classes)
 
 
 def test_mask_task_needs_the_image_modality(manifests):
@@ -362,7 +364,7 @@ def test_segmentation_from_manifests_end_to_end(compose_config, manifests, tmp_p
     cfg = compose_config(
         *SEGMENT,
         *files,
-        f"data.mask_classes=[{','.join(CLASSES)}]",
+        f"data.targets.mask.classes=[{','.join(CLASSES)}]",
         *QUIET,
         output_dir=out,
     )
@@ -370,7 +372,7 @@ def test_segmentation_from_manifests_end_to_end(compose_config, manifests, tmp_p
     assert "val/mask/miou" in metrics and "val/mask/pixel_accuracy" in metrics
     assert all(math.isfinite(v) for v in metrics.values())
     state = json.loads((out / "data_state.json").read_text())
-    assert state["class_names"]["mask"] == CLASSES
+    assert state["targets"]["mask"]["classes"] == CLASSES
 
 
 def test_without_classes_the_head_asks_for_num_classes(compose_config, manifests, tmp_path):

@@ -36,7 +36,9 @@ from helpers.speech import (
 )
 
 from mmtrain.data.clotho import ClothoDataset
+from mmtrain.data.inputs import AudioInput
 from mmtrain.data.librispeech import LibriSpeechDataset
+from mmtrain.data.targets import TextTarget
 from mmtrain.errors import MMTrainError
 
 
@@ -153,7 +155,7 @@ def test_librispeech_bad_transcripts(libri):
 
 def test_librispeech_missing_flac_fails_at_load_and_can_be_skipped(libri):
     from mmtrain.data.datamodule import MultimodalDataModule
-    from mmtrain.data.transforms import AudioTransform, WordTokenizer
+    from mmtrain.data.transforms import WordTokenizer
 
     gone = libri / "dev-clean" / "174" / "50561" / "174-50561-0000.flac"
     gone.unlink()
@@ -166,8 +168,8 @@ def test_librispeech_missing_flac_fails_at_load_and_can_be_skipped(libri):
 
     dm = MultimodalDataModule(
         dataset=functools.partial(LibriSpeechDataset, root=str(libri)),
-        audio=AudioTransform(n_mels=40),
-        tokenizers={"transcript": WordTokenizer()},
+        audio=AudioInput(n_mels=40),
+        targets={"transcript": TextTarget(WordTokenizer())},
         modalities=["audio"],
         tasks=["transcript"],
         batch_size=8,
@@ -182,14 +184,13 @@ def test_librispeech_missing_flac_fails_at_load_and_can_be_skipped(libri):
 
 def _audio_datamodule(dataset: Any, task: str, tokenizer: Any) -> Any:
     from mmtrain.data.datamodule import MultimodalDataModule
-    from mmtrain.data.transforms import AudioTransform
 
     return MultimodalDataModule(
         dataset=dataset,
-        audio=AudioTransform(sample_rate=16000, n_mels=40, max_seconds=1.0),
+        audio=AudioInput(sample_rate=16000, n_mels=40, max_seconds=1.0),
         modalities=["audio"],
         tasks=[task],
-        tokenizers={task: tokenizer},
+        targets={task: TextTarget(tokenizer)},
         batch_size=4,
         pin_memory=False,
     )
@@ -217,7 +218,7 @@ def test_librispeech_with_the_data_module(libri):
     ids = librispeech_ids("dev-clean", 1)
     assert batch["id"] == ids
     assert batch["transcript_references"] == [[librispeech_transcript(i)] for i in ids]
-    tok = dm.tokenizers["transcript"]
+    tok = dm.targets["transcript"].tokenizer
     assert tok.decode(tokens[0, 1:].tolist()) == " ".join(tok.split(librispeech_transcript(ids[0])))
 
 
@@ -249,7 +250,7 @@ def test_librispeech_preset_composes_and_loads(libri, compose_config, tmp_path):
     dm = build_datamodule(cfg)
     assert dm.modalities == ["audio"] and dm.tasks == ["transcript"]
     dm.setup("fit")
-    tok = dm.tokenizers["transcript"]
+    tok = dm.targets["transcript"].tokenizer
     assert isinstance(tok, CharTokenizer) and tok.fitted and len(dm.datasets["train"]) == 8
     assert set(tok.vocab[4:]) == set("".join(dm.datasets["train"].values("transcript")).lower())
     batch = next(iter(dm.val_dataloader()))

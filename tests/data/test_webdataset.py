@@ -28,6 +28,7 @@ from mmtrain.data.sampling import POSITION
 from mmtrain.data.shapes import ShapesDataset
 from mmtrain.data.shard import SampleEncoder
 from mmtrain.data.shard import main as shard_main
+from mmtrain.data.targets import TextTarget
 from mmtrain.data.transforms import WordTokenizer
 from mmtrain.data.webdataset import (
     INDEX,
@@ -49,7 +50,7 @@ FIT = [
     "data.image.augment=false",
     "data.batch_size=32",
     "data.num_workers=0",
-    "data.tokenizers.caption.min_freq=1",
+    "data.targets.caption.tokenizer.min_freq=1",
     "head.caption.dim=16",
     "head.caption.num_heads=2",
     "head.caption.num_layers=1",
@@ -95,7 +96,7 @@ def _module(shards: Path, **kwargs: Any) -> WebDataModule:
     module = WebDataModule(
         ShardedDataset,
         root=str(shards),
-        tokenizers={"caption": tokenizer},
+        targets={"caption": TextTarget(tokenizer)},
         tasks=["caption"],
         **kwargs,
     )
@@ -394,7 +395,7 @@ def test_runs_stopped_and_resumed_from_shards_repeat_nothing(tmp_path, session_d
         "data.shuffle_buffer=5",
         "data.audio.n_mels=40",
         "data.audio.freq_mask=4",
-        "data.tokenizers.caption.min_freq=1",
+        "data.targets.caption.tokenizer.min_freq=1",
         "encoder.image.dropout=0.2",
         "trainer.max_epochs=3",
         "+callbacks.probe._target_=resume_probe.ResumeProbe",
@@ -435,7 +436,7 @@ def test_ddp_ranks_share_the_shards(tmp_path, session_dirs, tiny_data):
             "data.batch_size=4",
             "data.num_workers=2",
             "data.audio.n_mels=40",
-            "data.tokenizers.caption.min_freq=1",
+            "data.targets.caption.tokenizer.min_freq=1",
             "trainer.max_epochs=2",
             "trainer.accelerator=cpu",
             "trainer.devices=2",

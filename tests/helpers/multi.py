@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from helpers.manifest import sample_rows, write_rows
+from mmtrain.data.inputs import AudioInput, ImageInput, TextInput
 from mmtrain.data.manifest import ManifestDataset
 from mmtrain.data.multi import DataSource, MultiDataModule
-from mmtrain.data.transforms import AudioTransform, ImageTransform, WordTokenizer
+from mmtrain.data.targets import TextTarget
+from mmtrain.data.transforms import WordTokenizer
 
 
 def _strip(rows: list[dict[str, Any]], *columns: str) -> list[dict[str, Any]]:
@@ -39,10 +41,10 @@ def multi_datamodule(files: dict[str, dict[str, Path]], **kwargs: Any) -> MultiD
     }
     defaults: dict[str, Any] = {
         "sources": sources,
-        "image": ImageTransform(size=16),
-        "text": WordTokenizer(max_length=8),
-        "audio": AudioTransform(n_mels=16),
-        "tokenizers": {"caption": WordTokenizer(max_length=8)},
+        "image": ImageInput(size=16),
+        "text": TextInput(max_length=8),
+        "audio": AudioInput(n_mels=16),
+        "targets": {"caption": TextTarget(WordTokenizer(max_length=8))},
         "modalities": ["image", "text", "audio"],
         "tasks": ["caption", "label"],
         "batch_size": 2,

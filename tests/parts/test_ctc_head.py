@@ -173,7 +173,7 @@ def test_yaml_preset_builds_with_beam_override(compose_config, synth_facts):
     cfg = compose_config("+head/transcript=ctc", "head.transcript.beam_size=8")
     head = build_module(cfg, synth_facts).heads["transcript"]
     assert isinstance(head, CTCHead) and head.beam_size == 8
-    assert head.vocab_size == synth_facts["tokenizers"]["transcript"].vocab_size
+    assert head.vocab_size == synth_facts["targets"]["transcript"]["tokenizer"].vocab_size
 
 
 # ---- greedy decoding -----------------------------------------------------------------------

@@ -299,6 +299,6 @@ def test_spec_augment_is_switched_on_from_the_data_config(compose_config):
     overrides = ("data.audio.freq_mask=8", "data.audio.time_mask=10", "data.audio.num_masks=2")
     cfg = compose_config(*overrides)
     check_config(cfg)  # the keys bind to AudioTransform's signature
-    transform = build_datamodule(cfg).transforms["audio"]
+    transform = build_datamodule(cfg).inputs["audio"]
     assert [type(m).__name__ for m in transform.spec_augment] == ["FrequencyMasking", "TimeMasking"]
     assert transform.num_masks == 2

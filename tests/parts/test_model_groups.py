@@ -92,7 +92,9 @@ def test_model_option_trains_one_step(group, option, compose_config, synth_batch
     module = build_module(cfg, synth_facts)
     modalities, tasks = list(cfg.encoder), list(cfg.head)
     # Encoders with a fixed input size (ViT) say so in their config.
-    synth_facts["image_size"] = cfg.encoder.get("image", {}).get("image_size", 64)
+    synth_facts["inputs"]["image"]["image_size"] = cfg.encoder.get("image", {}).get(
+        "image_size", 64
+    )
     batch = synth_batch(modalities, tasks, synth_facts)
 
     module.train()
@@ -139,7 +141,9 @@ def test_encoder_option_freezes(group, option, compose_config, synth_batch, synt
     )
     module = build_module(cfg, synth_facts)
     encoder = module.encoders[modality]
-    synth_facts["image_size"] = cfg.encoder.get("image", {}).get("image_size", 64)
+    synth_facts["inputs"]["image"]["image_size"] = cfg.encoder.get("image", {}).get(
+        "image_size", 64
+    )
     batch = synth_batch(list(cfg.encoder), list(cfg.head), synth_facts)
     state = {k: v.clone() for k, v in encoder.state_dict().items()}
 
@@ -155,6 +159,23 @@ def test_encoder_option_freezes(group, option, compose_config, synth_batch, synt
     again = encoder(batch[modality], batch.get(f"{modality}_mask")).tokens
     torch.testing.assert_close(again, first, rtol=0, atol=0)
     assert not first.requires_grad
+
+
+@pytest.mark.parametrize("fusion", FUSION_OPTIONS, ids=[f"fusion={f}" for f in FUSION_OPTIONS])
+def test_every_fusion_takes_the_tabular_modality(fusion, compose_config, synth_batch, synth_facts):
+    """The fourth modality (numeric columns, +encoder/tabular=mlp) fuses like the other three:
+    with all of them, and alone with the image."""
+    for drop in ([], ["~encoder/text", "~encoder/audio"]):
+        torch.manual_seed(0)
+        cfg = compose_config(f"fusion={fusion}", "+encoder/tabular=mlp", *drop)
+        module = build_module(cfg, synth_facts)
+        batch = synth_batch(list(cfg.encoder), list(cfg.head), synth_facts)
+        module.train()
+        loss = _train_step(module, batch)
+        assert torch.isfinite(loss), f"fusion={fusion} with tabular: loss {loss}"
+        module.backward(loss)
+        grads = [p.grad for p in module.encoders["tabular"].parameters()]
+        assert any(g is not None and g.abs().sum() > 0 for g in grads), f"fusion={fusion}"
 
 
 @pytest.mark.parametrize(
@@ -266,6 +287,6 @@ def test_caption_head_without_a_tokenizer_is_a_clear_error(compose_config, synth
     from mmtrain.errors import MMTrainError
 
     cfg = compose_config()
-    del synth_facts["tokenizers"]
-    with pytest.raises(MMTrainError, match=r"head/caption .* set data.tokenizers.caption"):
+    del synth_facts["targets"]["caption"]
+    with pytest.raises(MMTrainError, match=r"head/caption .* set data.targets.caption"):
         build_module(cfg, synth_facts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -231,11 +232,25 @@ def test_predicted_masks_are_written_as_pngs(tmp_path) -> None:
     import numpy as np
     from PIL import Image
 
+    from mmtrain.data.targets import MaskTarget
     from mmtrain.run import _write_predictions
 
     mask = np.array([[0, 1], [2, 3]], dtype=np.uint8)
     rows = [{"id": "images/a b.jpg", "mask": mask}, {"id": "7", "mask": mask[::-1]}]
-    _write_predictions(tmp_path, "test", rows)
+    target = MaskTarget()
+    target.name = "mask"
+    _write_predictions(tmp_path, "test", rows, SimpleNamespace(targets={"mask": target}))
+    index = json.loads((tmp_path / "predictions/index.json").read_text())
+    assert index == [
+        {
+            "path": "mask_test.jsonl",
+            "task": "mask",
+            "split": "test",
+            "id_key": "id",
+            "value_key": "prediction",
+            "reference_key": None,
+        }
+    ]
     first = np.asarray(Image.open(tmp_path / "predictions/masks_test/a_b.png"))
     assert first.tolist() == mask.tolist()
     lines = (tmp_path / "predictions/mask_test.jsonl").read_text().splitlines()

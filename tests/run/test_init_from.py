@@ -59,7 +59,10 @@ def test_frozen_loaded_encoders_train_from_the_cache_with_the_losses_of_training
         for key, value in _part(before["state_dict"], "encoders").items():
             assert torch.equal(after["state_dict"][key], value), f"{run_dir}: {key}"
         # the vocabulary the text encoder was trained with, not one built from this data
-        assert after[CHECKPOINT_KEY]["data"]["text"] == before[CHECKPOINT_KEY]["data"]["text"]
+        assert (
+            after[CHECKPOINT_KEY]["data"]["inputs"]["text"]
+            == before[CHECKPOINT_KEY]["data"]["inputs"]["text"]
+        )
 
 
 def test_only_the_listed_parts_are_loaded(pretrained, tmp_path):
@@ -126,7 +129,10 @@ def test_an_unloaded_text_encoder_keeps_the_vocabulary_of_this_data(pretrained, 
     run("fit", config)
     after = _state(tmp_path / "checkpoints/last.ckpt")
     before = _state(pretrained)
-    assert after[CHECKPOINT_KEY]["data"]["text"] != before[CHECKPOINT_KEY]["data"]["text"]
+    assert (
+        after[CHECKPOINT_KEY]["data"]["inputs"]["text"]
+        != before[CHECKPOINT_KEY]["data"]["inputs"]["text"]
+    )
     text = after["state_dict"]["encoders.text.embed.weight"]
     assert text.shape[0] > before["state_dict"]["encoders.text.embed.weight"].shape[0]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import jiwer
 import pytest
@@ -161,7 +162,7 @@ def test_padding_does_not_change_a_transcript_end_to_end(compose_config, synth_f
     from mmtrain.data.collate import collate
 
     cfg = compose_config("experiment=librispeech_ctc", "data.root=unused", "encoder.audio.layers=2")
-    synth_facts["n_mels"] = 80
+    synth_facts["inputs"]["audio"]["n_mels"] = 80
     module = build_module(cfg, synth_facts).eval()
     g = torch.Generator().manual_seed(0)
     clips = [torch.randn(80, n, generator=g) for n in (120, 57)]
@@ -177,13 +178,13 @@ def test_padding_does_not_change_a_transcript_end_to_end(compose_config, synth_f
 
 
 def test_subword_transcripts(fitted, compose_config, tmp_path) -> None:
-    """BPE output units instead of characters: data.tokenizers.transcript=BPETokenizer."""
+    """BPE output units instead of characters: data.targets.transcript.tokenizer=BPETokenizer."""
     cfg = compose_config(
         "experiment=librispeech_ctc",
         f"data.root={fitted['root']}",
-        "data.tokenizers.transcript._target_=mmtrain.data.transforms.bpe.BPETokenizer",
-        "data.tokenizers.transcript.vocab_size=300",
-        "data.tokenizers.transcript.min_frequency=1",
+        "data.targets.transcript.tokenizer._target_=mmtrain.data.transforms.bpe.BPETokenizer",
+        "data.targets.transcript.tokenizer.vocab_size=300",
+        "data.targets.transcript.tokenizer.min_frequency=1",
         "encoder.audio.dim=32",
         "encoder.audio.layers=1",
         "fusion.dim=32",
@@ -202,14 +203,19 @@ def test_subword_transcripts(fitted, compose_config, tmp_path) -> None:
 def test_transcripts_are_written_as_scored(tmp_path) -> None:
     """Reference and hypothesis go to the file normalised as the head scores them (a raw
     LibriSpeech reference is in capitals: scored raw, no word would match)."""
+    from mmtrain.data.targets import TextTarget
+    from mmtrain.data.transforms import CharTokenizer
     from mmtrain.heads.ctc import default_normalize
     from mmtrain.run import _write_predictions
 
+    target = TextTarget(CharTokenizer(), results="transcripts")
+    target.name = "transcript"
+    data = SimpleNamespace(targets={"transcript": target})
     rows = [
         {"id": "a", "transcript": "missus  b", "transcript_references": ["MISSUS A"]},
         {"id": "b", "transcript": "rachel lynde", "transcript_references": ["Rachel Lynde"]},
     ]
-    (path,) = _write_predictions(tmp_path, "test", rows, {"transcript": default_normalize})
+    (path,) = _write_predictions(tmp_path, "test", rows, data, {"transcript": default_normalize})
     lines = [json.loads(x) for x in path.read_text().splitlines()]
     assert [x["reference_raw"] for x in lines] == ["MISSUS A", "Rachel Lynde"]
     wer = jiwer.wer([x["reference"] for x in lines], [x["hypothesis"] for x in lines])
