@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -29,6 +31,26 @@ def load_image(path: str | Path) -> Image.Image:
         raise MMTrainError(f"cannot decode image {path}: {err}") from None
 
 
+def load_image_bytes(data: bytes, name: str) -> Image.Image:
+    """Decode an image held in memory (a Hugging Face ``Image`` value) fully into RGB, as
+    :func:`load_image` decodes a file.
+
+    Args:
+        data: the encoded image (PNG, JPEG...).
+        name: what to call it in errors (the sample and its file name).
+
+    Raises:
+        MMTrainError: if the bytes are not an image or are truncated.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.convert("RGB")
+    except UnidentifiedImageError:
+        raise MMTrainError(f"cannot decode image {name}: {_not_image_bytes(data[:256])}") from None
+    except (OSError, SyntaxError) as err:
+        raise MMTrainError(f"cannot decode image {name}: {err}") from None
+
+
 def _not_an_image(path: str | Path) -> str:
     """What a file that PIL cannot identify is instead: empty, a web page, or unknown."""
     try:
@@ -36,6 +58,11 @@ def _not_an_image(path: str | Path) -> str:
             head = f.read(256)
     except OSError as err:
         return str(err)
+    return _not_image_bytes(head)
+
+
+def _not_image_bytes(head: bytes) -> str:
+    """What data that PIL cannot identify is instead, from its first bytes."""
     if not head:
         return "the file is empty"
     if head.lstrip().startswith(b"<"):  # <!DOCTYPE html>, <html>, <?xml ...
@@ -67,7 +94,37 @@ def load_mask(path: str | Path) -> np.ndarray:
             values above 255.
     """
     try:
-        with Image.open(path) as img:
+        return _decode_mask(path, path)
+    except FileNotFoundError:
+        raise MMTrainError(f"mask file not found: {path}") from None
+
+
+def load_mask_bytes(data: bytes, name: str) -> np.ndarray:
+    """Decode a segmentation mask held in memory (a Hugging Face ``Image`` value) as
+    :func:`load_mask` decodes a file.
+
+    Args:
+        data: the encoded mask (a PNG of class ids).
+        name: what to call it in errors (the sample and its file name).
+
+    Returns:
+        The ``(H, W)`` uint8 class ids.
+
+    Raises:
+        MMTrainError: as :func:`load_mask`.
+    """
+    return _decode_mask(io.BytesIO(data), name)
+
+
+def _decode_mask(source: str | Path | BinaryIO, path: str | Path) -> np.ndarray:
+    """:func:`load_mask` of a file or file object; ``path`` names it in errors.
+
+    Raises:
+        FileNotFoundError: for a missing file.
+        MMTrainError: as :func:`load_mask`.
+    """
+    try:
+        with Image.open(source) as img:
             mode = img.mode
             if mode not in MASK_MODES:
                 raise MMTrainError(
@@ -77,7 +134,7 @@ def load_mask(path: str | Path) -> np.ndarray:
                 )
             ids = np.array(img)  # array() forces the full decode inside the try
     except FileNotFoundError:
-        raise MMTrainError(f"mask file not found: {path}") from None
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise MMTrainError(f"cannot decode mask {path}: {err}") from None
     if ids.ndim != 2:
@@ -112,21 +169,25 @@ def wav_shortfall(path: str | Path) -> tuple[int, int] | None:
         then says why).
     """
     with open(path, "rb") as f:
-        head = f.read(12)
-        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return _wav_shortfall(f, os.fstat(f.fileno()).st_size)
+
+
+def _wav_shortfall(f: BinaryIO, size_of_file: int) -> tuple[int, int] | None:
+    """:func:`wav_shortfall` of an open file (at its start) of ``size_of_file`` bytes."""
+    head = f.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    while True:
+        chunk = f.read(8)
+        if len(chunk) < 8:
             return None
-        size_of_file = os.fstat(f.fileno()).st_size
-        while True:
-            chunk = f.read(8)
-            if len(chunk) < 8:
+        declared = int.from_bytes(chunk[4:], "little")
+        if chunk[:4] == b"data":
+            there = size_of_file - f.tell()
+            if declared in _UNKNOWN_SIZES or there >= declared:
                 return None
-            declared = int.from_bytes(chunk[4:], "little")
-            if chunk[:4] == b"data":
-                there = size_of_file - f.tell()
-                if declared in _UNKNOWN_SIZES or there >= declared:
-                    return None
-                return declared, there
-            f.seek(declared + (declared & 1), os.SEEK_CUR)  # chunks are padded to even sizes
+            return declared, there
+        f.seek(declared + (declared & 1), os.SEEK_CUR)  # chunks are padded to even sizes
 
 
 def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
@@ -149,5 +210,34 @@ def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
         raise MMTrainError(
             f"audio file {path} is truncated: its header declares {declared} bytes of samples, "
             f"the file holds {there}"
+        )
+    return samples.T, int(rate)
+
+
+def load_audio_bytes(data: bytes, name: str) -> tuple[np.ndarray, int]:
+    """Read audio held in memory (a Hugging Face ``Audio`` value) as :func:`load_audio` reads a
+    file: with soundfile, as float32 ``(channels, samples)`` and its rate.
+
+    Args:
+        data: the encoded audio (WAV, FLAC, OGG...).
+        name: what to call it in errors (the sample and its file name).
+
+    Raises:
+        MMTrainError: if the bytes are not audio that soundfile reads, hold no samples or are
+            (a WAV) truncated.
+    """
+    try:
+        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)  # (T, C)
+    except (sf.LibsndfileError, RuntimeError, ValueError) as err:
+        why = getattr(err, "error_string", err)  # not "Error opening <_io.BytesIO object ...>"
+        raise MMTrainError(f"cannot decode audio {name}: {why}") from None
+    if samples.shape[0] == 0:
+        raise MMTrainError(f"audio has no samples: {name}")
+    shortfall = _wav_shortfall(io.BytesIO(data), len(data))
+    if shortfall is not None:
+        declared, there = shortfall
+        raise MMTrainError(
+            f"audio {name} is truncated: its header declares {declared} bytes of samples, "
+            f"the data holds {there}"
         )
     return samples.T, int(rate)

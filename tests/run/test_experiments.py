@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import QUIET
 from helpers.coco import write_coco
+from helpers.hf import write_hf
 from helpers.manifest import write_manifests
 from helpers.speech import write_librispeech
 from helpers.vqa import write_vqa
@@ -34,7 +35,7 @@ def _tiny_coco(folder: Path) -> list[str]:
         "data.batch_size=2",
         "data.num_workers=0",
         "data.image.size=64",
-        "data.tokenizers.caption.min_freq=1",
+        "data.targets.caption.tokenizer.min_freq=1",
     ]
 
 
@@ -60,6 +61,12 @@ TINY_DATA: dict[str, Callable[[Path], list[str]]] = {
     ],
     "mmtrain.data.coco.CaptionDataset": _tiny_coco,
     "mmtrain.data.manifest.ManifestDataset": _tiny_manifest,
+    "mmtrain.data.hf.HFDataset": lambda folder: [
+        f"data.root={write_hf(folder / 'hf')}",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "data.image.size=32",
+    ],
     "mmtrain.data.refshapes.RefShapesDataset": lambda folder: [
         "data.dataset.num_train=12",
         "data.dataset.num_val=4",
