@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: install install-dev fit test test-slow lint imports format bench bench-gpu clean
+.PHONY: install install-dev fit test test-slow lint imports docs format bench bench-gpu clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ lint: imports                          ## ruff lint and format check, and the im
 
 imports: install-dev                   ## the import boundaries of pyproject.toml's [tool.importlinter]
 	$(BIN)/lint-imports
+
+docs: install-dev                      ## the documentation site (mkdocs.yml, docs/) into build/site, warnings are errors
+	$(BIN)/mkdocs build --strict --site-dir build/site
 
 bench: install                         ## mmtrain vs plain PyTorch: overhead, start-up, data (ARGS="--quick"); captioning: scripts/bench_caption.py
 	$(BIN)/python scripts/bench.py $(ARGS)
