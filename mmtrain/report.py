@@ -508,10 +508,11 @@ def _prediction_files(pred_dir: Path) -> dict[str, list[dict[str, Any]]]:
 
 
 def _prediction_rows(path: Path, entry: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """``[(sample id, {column: value})]`` of one predictions file, read with the keys its
-    index entry names (else guessed: an ``*_id`` key and the other key of a results list;
-    ``id`` and ``prediction`` or ``hypothesis`` of JSON lines)."""
-    task = str(entry.get("task", path.stem))
+    """``[(sample id, {column: value})]`` of one predictions file, read with the keys of its
+    index entry. A file of a run without an index is read by its shape: a results list
+    (COCO, VQA) by its ``*_id`` key and the other key, which names the task; JSON lines by
+    ``id`` (or ``file``) and ``prediction``, or ``hypothesis`` and ``reference``
+    (transcripts)."""
     if path.suffix == ".json":
         data = _read_json(path)
         records = [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
@@ -519,20 +520,24 @@ def _prediction_rows(path: Path, entry: dict[str, Any]) -> list[tuple[str, dict[
         records = list(_read_jsonl(path))
     rows: list[tuple[str, dict[str, Any]]] = []
     for record in records:
-        id_key = entry.get("id_key") or next(
-            (k for k in ("id", "file") if k in record),
-            next((k for k in record if k.endswith("_id")), None),
-        )
-        value_key = entry.get("value_key") or next(
-            (k for k in ("prediction", "hypothesis") if k in record),
-            next((k for k in record if k != id_key), None),
-        )
+        if "value_key" in entry:  # as the target that wrote the file says
+            task, id_key, value_key = entry["task"], entry["id_key"], entry["value_key"]
+            reference_key = entry.get("reference_key")
+        else:
+            task, reference_key = str(entry["task"]), None
+            id_key = next((k for k in ("id", "file") if k in record), None)
+            if id_key is None:  # a results list: {"image_id": ..., "caption": ...}
+                id_key = next((k for k in record if k.endswith("_id")), None)
+                value_key = next((k for k in record if k != id_key), None)
+                task = value_key or task
+            elif "hypothesis" in record:
+                value_key, reference_key = "hypothesis", "reference"
+                task = task.removesuffix("s")
+            else:
+                value_key = "prediction"
         if id_key is None or value_key is None:
             continue
         cells: dict[str, Any] = {task: record.get(value_key)}
-        reference_key = entry.get("reference_key") or (
-            "reference" if "reference" in record else None
-        )
         if reference_key is not None:
             cells[f"{task} (reference)"] = record.get(reference_key)
         if "source" in record:

@@ -369,13 +369,16 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
     datamodule = build_datamodule(cfg)
     if ckpt is not None:
         datamodule.load_state_dict(ckpt[CHECKPOINT_KEY].get("data") or {})
-    elif init is not None and any(
-        p == "encoders" or _in_parts(p, ["encoders.text"]) for p in init_parts
-    ):
-        # Token ids must mean what they meant to the loaded text encoder: its vocabulary.
-        text = (init[CHECKPOINT_KEY].get("data") or {}).get("text")
-        if text:
-            datamodule.load_state_dict({"text": text})
+    elif init is not None:
+        # An input must mean to a loaded encoder what it meant in training: the vocabulary
+        # of its token ids, the statistics of its numbers.
+        inputs = (init[CHECKPOINT_KEY].get("data") or {}).get("inputs") or {}
+        loaded = {
+            m: state
+            for m, state in inputs.items()
+            if any(p == "encoders" or _in_parts(p, [f"encoders.{m}"]) for p in init_parts)
+        }
+        datamodule.load_state_dict({"inputs": loaded})
     datamodule.prepare_data()
     datamodule.setup(stage)
     model = build_module(cfg, datamodule.facts(), config_yaml)

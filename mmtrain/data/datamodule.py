@@ -12,7 +12,6 @@ import inspect
 import logging
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -29,7 +28,7 @@ from mmtrain.data.bad_samples import (
 )
 from mmtrain.data.feature_cache import CachedFeaturesDataset, FeatureStore
 from mmtrain.data.inputs import Input
-from mmtrain.data.sampling import ResumableSampler
+from mmtrain.data.sampling import ResumableSampler, lengths_of
 from mmtrain.data.targets import LabelTarget, Target
 from mmtrain.errors import MMTrainError
 
@@ -84,6 +83,33 @@ def optional_kwargs(dataset: Callable[..., Dataset] | None, inputs: dict[str, An
     except (TypeError, ValueError):
         return {}
     return {"optional": optional} if "optional" in params else {}
+
+
+def training_column(dataset: Any, name: str, part: Any) -> Column:
+    """The training values that ``part`` (an input or target named ``name``) is fitted on:
+    its column(s) in ``dataset``, raw (``values``) or decoded (``decoded(n)``: ``n`` samples
+    spread over the split; bad samples are left out, their loading reports them), and the
+    class names the data set declares for it."""
+    columns = getattr(part, "columns", [name])
+    read = getattr(part, "read", None) or (lambda item: item.get(name))
+
+    def values() -> list[Any]:
+        rows = zip(*(dataset.values(c) for c in columns), strict=True)
+        return [read(dict(zip(columns, row))) for row in rows]
+
+    def decoded(n: int) -> list[Any]:
+        size = len(dataset)
+        picks = sorted({i * size // n for i in range(n)}) if size > n else range(size)
+        out = []
+        for i in picks:
+            try:
+                out.append(read(dataset[i]))
+            except MMTrainError:
+                continue
+        return out
+
+    declared = getattr(dataset, "class_names", None) or {}
+    return Column(values, decoded, declared.get(name))
 
 
 def signature_with(base: type, drop: tuple[str, ...], own: list[inspect.Parameter]) -> Any:
@@ -293,27 +319,8 @@ class MultimodalDataModule(pl.LightningDataModule):
                 part.fit(self.column(dataset, name, part))
 
     def column(self, dataset: Any, name: str, part: Input | Target) -> Column:
-        """What ``part`` is fitted on: the training values of its column(s) in ``dataset``."""
-        columns = getattr(part, "columns", [name])
-        read = getattr(part, "read", None) or (lambda item: item.get(name))
-
-        def values() -> list[Any]:
-            rows = zip(*(dataset.values(c) for c in columns), strict=True)
-            return [read(dict(zip(columns, row))) for row in rows]
-
-        def decoded(n: int) -> list[Any]:  # bad samples are left out: loading reports them
-            size = len(dataset)
-            picks = sorted({i * size // n for i in range(n)}) if size > n else range(size)
-            out = []
-            for i in picks:
-                try:
-                    out.append(read(dataset[i]))
-                except MMTrainError:
-                    continue
-            return out
-
-        declared = getattr(dataset, "class_names", None) or {}
-        return Column(values, decoded, declared.get(name))
+        """What ``part`` is fitted on: its column(s) in the training split ``dataset``."""
+        return training_column(dataset, name, part)
 
     def _check_columns(self, dataset: Any, split: str = "train") -> None:
         columns = getattr(dataset, "columns", None)
@@ -439,58 +446,11 @@ class MultimodalDataModule(pl.LightningDataModule):
         return sampler
 
     def _lengths(self, raw: Dataset, source: str | None = None) -> list[float] | None:
-        """The length of each sample in the ``bucket_by`` input or target, read without
-        loading any sample (see each one's ``lengths``). None: this data set is not bucketed
-        (data=multi).
-
-        Raises:
-            MMTrainError: naming ``data.bucket_by``, for a column that this model does not
-                load with a length (listing those it does), a data set without
-                ``values(column)``, or one that does not give one value per sample.
+        """The ``bucket_by`` length of each sample of ``raw``; None: not bucketed (a data
+        set of data=multi without the column). See :func:`~mmtrain.data.sampling.lengths_of`.
         """
-        column = self.bucket_by
-        bucketable = [name for name, part in self.parts.items() if part.bucketable]
-        part = self.parts.get(column)
-        if part is None or not part.bucketable:
-            why = (
-                "has no length (a class, image or answer column)"
-                if part is not None
-                else "is not a column that the training data loads"
-            )
-            choice = (
-                f"bucket by one of {sorted(bucketable)} or set data.bucket_by=null"
-                if bucketable
-                else "the model loads no text or audio to bucket by: set data.bucket_by=null"
-            )
-            raise MMTrainError(f"data.bucket_by={column!r} {why}; {choice}")
-        inner = getattr(raw, "raw", raw)  # under a feature cache: the data set it wraps
-        name = f"data.sources.{source}" if source else f"the data set {type(inner).__name__}"
-        if not callable(getattr(raw, "values", None)):
-            raise MMTrainError(
-                f"data.bucket_by={column!r}: {name} has no values(column), so its samples' "
-                "lengths are not known without loading them; set data.bucket_by=null"
-            )
-        base = getattr(inner, "base", None)  # the folder a manifest's media paths start from
-        try:
-            lengths = part.lengths(raw.values, Path(base) if base is not None else None)
-        except MMTrainError as err:
-            raise MMTrainError(f"{err} ({name})") from None
-        if len(lengths) != len(raw):  # type: ignore[arg-type]
-            raise MMTrainError(
-                f"data.bucket_by={column!r}: {name} gives {len(lengths)} {column!r} values for "
-                f"{len(raw)} samples, not one per sample, so they are not the samples' "
-                "lengths; set data.bucket_by=null"
-            )
-        log.info(
-            "length bucketing of %s by %s: %d samples, lengths %.4g to %.4g, pools of %d batches",
-            name,
-            column,
-            len(lengths),
-            min(lengths, default=0),
-            max(lengths, default=0),
-            self.bucket_pool,
-        )
-        return lengths
+        name = f"data.sources.{source}" if source else None
+        return lengths_of(self.parts, self.bucket_by, raw, name, self.bucket_pool)
 
     def resume(self, epoch: int, batches: int, positions: dict[str, int]) -> None:
         """Make the next training loader continue an interrupted epoch (exact resume).

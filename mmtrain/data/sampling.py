@@ -25,12 +25,15 @@ import logging
 import random
 from collections.abc import Iterator, Sequence, Sized
 from contextlib import contextmanager
-from typing import NamedTuple
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch.random import default_generator
 from torch.utils.data import DistributedSampler, get_worker_info
+
+from mmtrain.errors import MMTrainError
 
 log = logging.getLogger(__name__)
 
@@ -199,3 +202,66 @@ class ResumableSampler(DistributedSampler):
         seed_list = seeds.tolist()
         for index in mine[start:]:
             yield SampleKey(index, seed_list[index])
+
+
+def lengths_of(
+    parts: dict[str, Any], column: str, raw: Any, name: str | None, pool: int
+) -> list[float]:
+    """The length of each sample of ``raw`` in ``column`` (``data.bucket_by``), read without
+    loading any sample, as the input or target of that column measures it (``lengths``: tokens
+    of a text, seconds of a clip).
+
+    Args:
+        parts: the data module's inputs and targets, by column.
+        column: the ``bucket_by`` column.
+        raw: the data set (``values(column)``; ``base``: where its media paths start).
+        name: how errors name the data set (None: by its class).
+        pool: ``bucket_pool``, for the log line.
+
+    Raises:
+        MMTrainError: naming ``data.bucket_by``, for a column that the model does not load
+            with a length (listing those it does), a data set without ``values(column)``, or
+            one that does not give one value per sample.
+    """
+    bucketable = sorted(n for n, part in parts.items() if part.bucketable)
+    part = parts.get(column)
+    if part is None or not part.bucketable:
+        why = (
+            "has no length (a class, image or answer column)"
+            if part is not None
+            else "is not a column that the training data loads"
+        )
+        choice = (
+            f"bucket by one of {bucketable} or set data.bucket_by=null"
+            if bucketable
+            else "the model loads no text or audio to bucket by: set data.bucket_by=null"
+        )
+        raise MMTrainError(f"data.bucket_by={column!r} {why}; {choice}")
+    inner = getattr(raw, "raw", raw)  # under a feature cache: the data set it wraps
+    name = name or f"the data set {type(inner).__name__}"
+    if not callable(getattr(raw, "values", None)):
+        raise MMTrainError(
+            f"data.bucket_by={column!r}: {name} has no values(column), so its samples' "
+            "lengths are not known without loading them; set data.bucket_by=null"
+        )
+    base = getattr(inner, "base", None)  # the folder a manifest's media paths start from
+    try:
+        lengths = part.lengths(raw.values, None if base is None else Path(base))
+    except MMTrainError as err:
+        raise MMTrainError(f"{err} ({name})") from None
+    if len(lengths) != len(raw):
+        raise MMTrainError(
+            f"data.bucket_by={column!r}: {name} gives {len(lengths)} {column!r} values for "
+            f"{len(raw)} samples, not one per sample, so they are not the samples' lengths; "
+            "set data.bucket_by=null"
+        )
+    log.info(
+        "length bucketing of %s by %s: %d samples, lengths %.4g to %.4g, pools of %d batches",
+        name,
+        column,
+        len(lengths),
+        min(lengths, default=0),
+        max(lengths, default=0),
+        pool,
+    )
+    return lengths

@@ -227,6 +227,30 @@ def test_run_report(run_dir: Path, tmp_path: Path) -> None:
     assert "trainer.max_epochs=2" in page  # overrides
 
 
+def test_predictions_are_read_as_their_targets_wrote_them(tmp_path: Path) -> None:
+    """A run's predictions/index.json says how each file reads: any task name, any format."""
+    from types import SimpleNamespace
+
+    from mmtrain.data.targets import LabelTarget, TextTarget
+    from mmtrain.data.transforms import CharTokenizer
+    from mmtrain.run import _write_predictions
+
+    run = tmp_path / "run"
+    _write_hydra(run, [])
+    targets = {"spoken": TextTarget(CharTokenizer(), results="transcripts"), "kind": LabelTarget()}
+    for name, target in targets.items():
+        target.name = name
+    rows = [
+        {"id": "a", "spoken": "one two", "spoken_references": ["one too"], "kind": "cat"},
+        {"id": "b", "spoken": "three", "spoken_references": ["three"], "kind": "dog"},
+    ]
+    written = _write_predictions(run, "test", rows, SimpleNamespace(targets=targets))
+    assert sorted(p.name for p in written) == ["kind_test.jsonl", "spokens_test.jsonl"]
+    page = write_report(run).read_text()
+    for text in ("spoken (reference)", "one too", "one two", "kind", "cat", "dog"):
+        assert text in page, text
+
+
 def test_single_task_run_has_no_weight_plot(tmp_path: Path) -> None:
     run = tmp_path / "run"
     _write_hydra(run, [])
