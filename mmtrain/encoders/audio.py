@@ -18,21 +18,30 @@ from mmtrain.encoders.transformer import MaskedTransformer
 
 
 class MelCNNEncoder(FreezableEncoder):
-    """A small 2-D CNN over the log-mel image (PANNs-like), pooled over frequency.
+    """A small 2-D CNN over the log-mel image (PANNs-like).
 
     Each block halves time and frequency; the output has one token per ``2**len(channels)``
     input frames. Padded frames are zeroed before each block, and an output token is real when
     any frame it covers is real.
 
+    ``freq_pool`` says what becomes of the ``F' = ceil(n_mels / 2**len(channels))`` frequency
+    rows left after the blocks: ``mean`` averages them (PANNs; a token is ``channels[-1]``
+    wide), which makes the features blind to *where* in frequency a pattern is, beyond the
+    blocks' receptive field (~22 bins with 3 blocks): fine for tones that differ in shape, but
+    formants and pitch, which tell spoken words apart, are lost. ``flatten`` keeps every row:
+    a token is ``channels[-1] * F'`` wide (the fusion projects it).
+
     Args:
         n_mels: mel bins of the input (wired by build.py from the audio transform).
-        channels: output channels of each conv block; the last one is ``out_dim``.
+        channels: output channels of each conv block.
         dropout: dropout on the output tokens.
+        freq_pool: ``mean`` or ``flatten`` (see above).
         freeze: fix every weight and keep eval mode (see
             :class:`~mmtrain.encoders.FreezableEncoder`).
 
     Raises:
-        ValueError: if ``channels`` is empty or ``n_mels`` is too small for the blocks.
+        ValueError: if ``channels`` is empty, ``n_mels`` is too small for the blocks or
+            ``freq_pool`` is unknown.
     """
 
     def __init__(
@@ -40,6 +49,7 @@ class MelCNNEncoder(FreezableEncoder):
         n_mels: int,
         channels: list[int] = (32, 64, 128),
         dropout: float = 0.0,
+        freq_pool: str = "mean",
         freeze: bool = False,
     ) -> None:
         super().__init__()
@@ -48,6 +58,8 @@ class MelCNNEncoder(FreezableEncoder):
             raise ValueError(f"channels must be non-empty and positive, got {channels}")
         if n_mels < 2 ** len(channels):
             raise ValueError(f"n_mels={n_mels} is too small for {len(channels)} pooling blocks")
+        if freq_pool not in ("mean", "flatten"):
+            raise ValueError(f"freq_pool must be 'mean' or 'flatten', got {freq_pool!r}")
         self.blocks = nn.ModuleList()
         in_ch = 1
         for out_ch in channels:
@@ -61,7 +73,9 @@ class MelCNNEncoder(FreezableEncoder):
             in_ch = out_ch
         self.input_norm = nn.BatchNorm2d(1)
         self.dropout = nn.Dropout(dropout)
-        self.out_dim = channels[-1]
+        self.freq_pool = freq_pool
+        rows = math.ceil(n_mels / 2 ** len(channels))  # frequency rows left (ceil-mode pools)
+        self.out_dim = channels[-1] * (rows if freq_pool == "flatten" else 1)
         self._set_frozen(freeze)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Features:
@@ -77,7 +91,10 @@ class MelCNNEncoder(FreezableEncoder):
             h = F.max_pool2d(h, kernel_size=2, ceil_mode=True)
             if m is not None:
                 m = F.max_pool1d(m[:, None].float(), kernel_size=2, ceil_mode=True)[:, 0] > 0
-        tokens = h.mean(dim=2).transpose(1, 2)  # (B, T', D): frequency pooled away
+        if self.freq_pool == "mean":
+            tokens = h.mean(dim=2).transpose(1, 2)  # (B, T', C): frequency pooled away
+        else:
+            tokens = h.flatten(1, 2).transpose(1, 2)  # (B, T', C * F'): every row kept
         return Features(self.dropout(tokens), m)
 
 

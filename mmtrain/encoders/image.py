@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
@@ -34,31 +36,55 @@ def pretrained_state(arch: str) -> dict[str, Tensor]:
     return torch.load(file, map_location="cpu", weights_only=True)
 
 
+def _scaled(size: int, grid: int, side: int, power: float) -> int:
+    """``ceil(size * (grid / side) ** power)``, exact at ``power=1`` (no float round-up)."""
+    if power == 1:
+        return -(-size * grid // side)
+    return max(1, math.ceil(size * (grid / side) ** power - 1e-6))
+
+
 def _grid_to_tokens(grid: Tensor) -> Features:
     # (B, D, h, w) -> (B, h*w, D): every spatial cell is a token, none is padding.
     return Features(grid.flatten(2).transpose(1, 2), None)
 
 
 class SmallCNNEncoder(FreezableEncoder):
-    """A few conv-BN-ReLU blocks, each halving the resolution; cheap enough for CPU runs.
+    """A few conv-BN-ReLU-max-pool blocks; cheap enough for CPU runs, at any image size.
+
+    Up to ``grid * 2**len(channels)`` pixels a side (64 px with the preset's 4 blocks and
+    ``grid=4``), each block halves the resolution: a ``(S/16) x (S/16)`` grid of tokens, each
+    seeing about 46 px, most of a 64 px image. A larger image would leave each token a small
+    fragment of it (a bag of local features once pooled), so there the blocks pool by the same
+    larger factor ``(S / grid) ** (1 / len(channels))`` each (adaptive max pooling) instead:
+    the grid stays ``grid x grid`` and the receptive field grows with the image (about half of
+    a 224 px image for one output unit, the whole image for a token's neighbourhood of units).
+    The weights do not depend on the size.
 
     Args:
         channels: output channels of each block; the last one is ``out_dim``.
         dropout: dropout on the output tokens.
+        grid: the largest side of the output token grid; None halves in every block whatever
+            the size.
         freeze: fix every weight and keep eval mode (see
             :class:`~mmtrain.encoders.FreezableEncoder`).
 
     Raises:
-        ValueError: if ``channels`` is empty or has a non-positive entry.
+        ValueError: if ``channels`` is empty or has a non-positive entry, or ``grid < 1``.
     """
 
     def __init__(
-        self, channels: list[int] = (32, 64, 128), dropout: float = 0.0, freeze: bool = False
+        self,
+        channels: list[int] = (32, 64, 128),
+        dropout: float = 0.0,
+        grid: int | None = 4,
+        freeze: bool = False,
     ) -> None:
         super().__init__()
         channels = list(channels)
         if not channels or min(channels) <= 0:
             raise ValueError(f"channels must be non-empty and positive, got {channels}")
+        if grid is not None and grid < 1:
+            raise ValueError(f"grid must be at least 1 (or None), got {grid}")
         layers: list[nn.Module] = []
         in_ch = 3
         for out_ch in channels:
@@ -71,13 +97,37 @@ class SmallCNNEncoder(FreezableEncoder):
             in_ch = out_ch
         self.net = nn.Sequential(*layers)
         self.dropout = nn.Dropout(dropout)
+        self.grid = grid
+        self.blocks = len(channels)
         self.out_dim = channels[-1]
         self._set_frozen(freeze)
 
+    def pool_sizes(self, height: int, width: int) -> list[tuple[int, int]] | None:
+        """The output size of each block's pooling for an input of ``height x width``, or None
+        when every block halves (the input is at most ``grid * 2**blocks`` a side)."""
+        side = max(height, width)
+        if self.grid is None or side <= self.grid * 2**self.blocks:
+            return None
+        # Block k pools to ceil(size * (grid / side) ** (k / blocks)): the same factor (> 2)
+        # each time, and exactly ceil(size * grid / side) after the last block.
+        powers = [k / self.blocks for k in range(1, self.blocks + 1)]
+        return [
+            (_scaled(height, self.grid, side, p), _scaled(width, self.grid, side, p))
+            for p in powers
+        ]
+
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Features:
-        """Encode images; ``mask`` is unused (images have no padding)."""
-        grid = self.net(x)  # (B, D, H / 2^k, W / 2^k)
-        tokens, _ = _grid_to_tokens(grid)
+        """Encode images ``(B, 3, H, W)``; ``mask`` is unused (images have no padding)."""
+        sizes = self.pool_sizes(*x.shape[-2:])
+        if sizes is None:
+            grid = self.net(x)  # (B, D, H / 2^k, W / 2^k)
+        else:
+            pools = iter(sizes)
+            grid = x
+            for layer in self.net:  # the same layers, each pooling to its size
+                pooled = isinstance(layer, nn.MaxPool2d)
+                grid = F.adaptive_max_pool2d(grid, next(pools)) if pooled else layer(grid)
+        tokens, _ = _grid_to_tokens(grid)  # (B, h*w, D), h and w at most grid
         return Features(self.dropout(tokens), None)
 
 

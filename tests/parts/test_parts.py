@@ -246,9 +246,11 @@ def test_mel_cnn_aligned_padding_is_invariant():
 
 
 def test_small_cnn_grid_tokens():
-    encoder = SmallCNNEncoder(channels=[4, 8])
+    encoder = SmallCNNEncoder(channels=[4, 8], grid=None)  # each block halves
     out = encoder(torch.randn(2, 3, 64, 64))
     assert out.tokens.shape == (2, 16 * 16, 8) and out.mask is None and encoder.out_dim == 8
+    out = SmallCNNEncoder(channels=[4, 8])(torch.randn(2, 3, 64, 64))  # grid=4: at most 4x4
+    assert out.tokens.shape == (2, 4 * 4, 8)
     with pytest.raises(ValueError, match="non-empty and positive"):
         SmallCNNEncoder(channels=[])
 

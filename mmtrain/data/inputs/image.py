@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from PIL import Image
@@ -9,7 +10,9 @@ from torch import Tensor
 
 from mmtrain.contracts import Column
 from mmtrain.data.inputs.base import Input
-from mmtrain.data.transforms.image import ImageTransform
+from mmtrain.data.transforms.image import AUTO, MAX_UPSCALE, ImageTransform
+
+log = logging.getLogger(__name__)
 
 SIZE_SAMPLE = 64  # training images whose sizes an ``auto`` size is fitted on
 
@@ -20,30 +23,41 @@ class ImageInput(ImageTransform, Input):
     :class:`ImageTransform` (``data.image.size=128``).
 
     With ``size: auto`` the size is fitted on the sizes of up to 64 training images spread
-    over the split, and kept in the checkpoint. A segmentation mask goes through the same call
-    as its image (:class:`~mmtrain.data.targets.MaskTarget`).
+    over the split, and kept in the checkpoint. Images upscaled more than 2x get one warning
+    (per process). A segmentation mask goes through the same call as its image
+    (:class:`~mmtrain.data.targets.MaskTarget`).
     """
 
     name = "image"
+    _warned = False  # the upscaling warning, once per process
 
     @property
     def fitted(self) -> bool:
-        return self.size != "auto"
+        return self.size != AUTO
 
     def fit(self, column: Column) -> None:
+        """Resolve ``size: auto`` on the sizes of training images (this warns about images
+        upscaled more than 2x)."""
         if not self.fitted:
             images = [v for v in column.decoded(SIZE_SAMPLE) if isinstance(v, Image.Image)]
             self.fit_size([image.size for image in images])
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"size": self.size}
+            self._warned = True
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        size = state.get("size")
-        if size is not None and size != self.size and not self.fitted:
-            self.fit_size([(int(size), int(size))])
+        """A fitted ``auto`` size; a size set in the config is kept."""
+        if not self.fitted:
+            super().load_state_dict(state)
 
     def encode(self, value: Image.Image, train: bool) -> Tensor:
+        if not self._warned and self.size > MAX_UPSCALE * min(value.size):
+            self._warned = True
+            log.warning(
+                "data.image.size=%d upscales images more than %gx (a %dx%d image): enlarged "
+                "pixels add no detail and cost compute; data.image.size=auto follows the images",
+                self.size,
+                MAX_UPSCALE,
+                *value.size,
+            )
         return self(value, train=train)
 
     def facts(self) -> dict[str, Any]:
