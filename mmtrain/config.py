@@ -96,7 +96,8 @@ def target_arguments(overrides: Sequence[str], base: Any) -> dict[str, str]:
     for item, key in plain.items():
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(base, parent, default=None)
-        if not isinstance(node, DictConfig) or leaf in node.keys():  # keys: ??? ones too
+        # `leaf in node` is False for a ??? value: its key is in node.keys() all the same
+        if not isinstance(node, DictConfig) or leaf in node.keys():  # noqa: SIM118
             continue
         if leaf in (target_parameters(node, extra) or []):
             out[item] = f"+{item}"

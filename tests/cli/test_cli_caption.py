@@ -51,7 +51,12 @@ def test_fit_logs_caption_metrics(coco_run):
     for name in ("bleu1", "bleu4", "rougeL", "cider"):
         assert f"val/caption/{name}" in metrics, metrics
     state = json.loads((coco_run["run"] / "data_state.json").read_text())
-    assert state["targets"]["caption"]["tokenizer"]["vocab"][:4] == ["<pad>", "<unk>", "<bos>", "<eos>"]
+    assert state["targets"]["caption"]["tokenizer"]["vocab"][:4] == [
+        "<pad>",
+        "<unk>",
+        "<bos>",
+        "<eos>",
+    ]
 
 
 def test_test_writes_coco_results_and_metrics(coco_run):
