@@ -45,6 +45,7 @@ from mmtrain.errors import MMTrainError
 log = logging.getLogger(__name__)
 
 SAMPLING = ("round_robin", "proportional", "temperature", "sequential", "joint")
+NOT_WITH_SOURCES = ("cache_features", "cache_dir", "cache_dtype")  # a cache keys one data set
 
 
 class DataSource:
@@ -207,6 +208,11 @@ class MultiDataModule(MultimodalDataModule):
         temperature: float = 2.0,
         **kwargs: Any,
     ) -> None:
+        if kwargs.get("cache_features"):
+            raise ValueError(
+                "cache_features is not supported with several data sets (data=multi): the "
+                "feature cache keys one data set; train from each data set's own preset"
+            )
         super().__init__(dataset=None, **kwargs)
         if not sources:
             raise ValueError("data.sources is empty: list the data sets, {name: {dataset: ...}}")
@@ -396,7 +402,7 @@ class MultiDataModule(MultimodalDataModule):
 
 MultiDataModule.__signature__ = signature_with(
     MultimodalDataModule,
-    ("dataset", "root", "train", "val", "test"),
+    ("dataset", "root", "train", "val", "test", *NOT_WITH_SOURCES),
     [
         inspect.Parameter("sources", inspect.Parameter.KEYWORD_ONLY, annotation=Mapping),
         inspect.Parameter(
