@@ -247,3 +247,8 @@ def test_every_weighting_sweeps_from_the_command_line(scratch, tiny_data) -> Non
     for run_dir in runs:
         metrics = json.loads((run_dir / "metrics.json").read_text())
         assert {"train/weight/caption", "train/weight/label", "val/label/accuracy"} <= set(metrics)
+
+
+def test_the_feature_cache_is_refused_with_several_data_sets(two_sources) -> None:
+    with pytest.raises(ValueError, match="cache_features is not supported with several data"):
+        multi_datamodule(two_sources, cache_features=True)
