@@ -205,10 +205,21 @@ class Input(Protocol):
     plus ``{name}_mask`` for padded ones; ``lengths`` gives each sample's length for bucketing
     from the data set's raw values; ``facts`` is what its encoder gets (vocab_size, pad_id,
     n_mels...); ``fingerprint`` is its part of the feature-cache key. ``name`` is set by the
-    data module.
+    data module. ``columns`` are the data set columns it reads (``read`` gives a sample's
+    value from them, None when the sample lacks the modality), ``optional`` those a sample
+    may lack, and ``bucketable`` says whether it has ``lengths``.
     """
 
     name: str
+    bucketable: bool
+
+    @property
+    def columns(self) -> list[str]: ...
+
+    @property
+    def optional(self) -> list[str]: ...
+
+    def read(self, item: dict[str, Any]) -> Any: ...
 
     @property
     def fitted(self) -> bool: ...
@@ -241,10 +252,14 @@ class Target(Protocol):
     (a mask with its image); ``collate`` batches them; ``facts`` is what its head gets
     (class_names, num_classes, tokenizer, vocab_size, pad_id); ``write`` saves a split's
     predictions in the task's official format and says how to read them back
-    (:class:`PredictionFile`). ``name`` (the task) is set by the data module.
+    (:class:`PredictionFile`), ``plain`` one prediction as JSON can hold it (a mask: the path
+    of its PNG). ``name`` (the task) is set by the data module; ``inputs`` are the inputs it is
+    encoded with; ``bucketable`` says whether it has ``lengths`` (token sequences).
     """
 
     name: str
+    inputs: tuple[str, ...]
+    bucketable: bool
 
     @property
     def fitted(self) -> bool: ...
@@ -260,6 +275,8 @@ class Target(Protocol):
     ) -> dict[str, Any]: ...
 
     def collate(self, values: list[Tensor]) -> dict[str, Tensor]: ...
+
+    def lengths(self, values: Callable[[str], list[Any]], base: Path | None) -> list[float]: ...
 
     def facts(self) -> dict[str, Any]: ...
 

@@ -411,3 +411,40 @@ def test_unknown_class_at_test_time_names_the_sample(tiny_data):
     with pytest.raises(MMTrainError, match=r"sample test_0000\d: label='\w+' is not a class"):
         for _ in dm.test_dataloader():
             pass
+
+
+def test_inputs_and_targets_follow_their_protocols():
+    """build_datamodule checks every input and target against contracts.py, as it checks heads:
+    a part of one's own that lacks a member fails at build time, naming it."""
+    from mmtrain.build import follows
+    from mmtrain.contracts import Input, Target
+    from mmtrain.data import inputs, targets
+
+    for part in (
+        inputs.ImageInput(size=32),
+        inputs.TextInput(),
+        inputs.AudioInput(),
+        inputs.TabularInput(["age"]),
+    ):
+        assert follows(part, Input, "data.x") is part and isinstance(part, Input)
+    for part in (
+        targets.LabelTarget(),
+        targets.TextTarget(WordTokenizer()),
+        targets.AnswersTarget(),
+        targets.MaskTarget(),
+    ):
+        assert follows(part, Target, "data.targets.x") is part and isinstance(part, Target)
+
+    class Half(inputs.Input):  # collate, lengths... come from the base class; encode too
+        name = "depth"
+
+    follows(Half(), Input, "data.depth")
+
+    class Bare:
+        name = "depth"
+
+        def encode(self, value, train):
+            return value
+
+    with pytest.raises(MMTrainError, match=r"data.depth: Bare lacks bucketable, collate, columns"):
+        follows(Bare(), Input, "data.depth")
