@@ -5,6 +5,7 @@ Everything here is deterministic and small: the whole suite runs on 2 CPU cores.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,38 @@ def _mmtrain_env(session_dirs: dict[str, Path]) -> Iterator[None]:
         mp.setenv("MMTRAIN_OUTPUT_DIR", str(session_dirs["outputs"]))
         mp.delenv("HYDRA_FULL_ERROR", raising=False)
         yield
+
+
+LOOPBACK = {None, "", "localhost", "127.0.0.1", "::1", "0.0.0.0"}
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Every test: a connection or name lookup outside this machine (in the test's process)
+    fails it. Yields the attempts, for tests that check them as they go."""
+    attempts: list[str] = []
+    connect, getaddrinfo = socket.socket.connect, socket.getaddrinfo
+    local = LOOPBACK | {socket.gethostname()}
+
+    def remote(host: Any) -> bool:
+        return host not in local and not str(host).startswith("127.")
+
+    def guarded_connect(self: socket.socket, address: Any) -> Any:
+        if self.family in (socket.AF_INET, socket.AF_INET6) and remote(address[0]):
+            attempts.append(f"connect {address}")
+            raise OSError("network access in a test")
+        return connect(self, address)
+
+    def guarded_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if remote(host):
+            attempts.append(f"resolve {host}")
+            raise socket.gaierror("network access in a test")
+        return getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
+    yield attempts
+    assert attempts == [], f"network touched: {attempts}"
 
 
 @pytest.fixture(autouse=True)

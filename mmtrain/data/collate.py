@@ -28,6 +28,24 @@ def pad_last(tensors: list[Tensor], value: float = 0) -> tuple[Tensor, Tensor]:
     return out, mask
 
 
+def padded(name: str, values: list[Tensor]) -> dict[str, Tensor]:
+    """Pad along the last axis: ``{name: (B, ..., T), name_mask: (B, T) bool}``."""
+    batch, mask = pad_last(values)
+    return {name: batch, f"{name}_mask": mask}
+
+
+def stacked(name: str, values: list[Tensor]) -> dict[str, Tensor]:
+    """Stack same-shaped tensors: ``{name: (B, ...)}``.
+
+    Raises:
+        ValueError: naming the shapes, when samples differ in shape.
+    """
+    shapes = sorted({tuple(v.shape) for v in values})
+    if len(shapes) > 1:
+        raise ValueError(f"cannot stack {name!r}: samples have shapes {shapes}")
+    return {name: torch.stack(values)}
+
+
 def collate(items: list[dict[str, Any]], parts: Mapping[str, Any] | None = None) -> Batch:
     """Collate item dicts into a batch.
 

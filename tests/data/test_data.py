@@ -435,10 +435,13 @@ def test_inputs_and_targets_follow_their_protocols():
     ):
         assert follows(part, Target, "data.targets.x") is part and isinstance(part, Target)
 
-    class Half(inputs.Input):  # collate, lengths... come from the base class; encode too
-        name = "depth"
+    class Depth(inputs.Input):  # the base class gives all but encode, which it requires
+        def encode(self, value, train):
+            return torch.as_tensor(value, dtype=torch.float32)
 
-    follows(Half(), Input, "data.depth")
+    follows(Depth(), Input, "data.depth")
+    with pytest.raises(TypeError, match="abstract method encode"):
+        type("NoEncode", (inputs.Input,), {})()
 
     class Bare:
         name = "depth"

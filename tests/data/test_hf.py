@@ -3,15 +3,13 @@
 Tiny data sets are written in each real layout (a ``save_to_disk`` folder, parquet files, a
 hub id's entry in the ``datasets`` cache) from the image and WAV files of the manifest tests,
 so that a sample read through ``data=hf`` can be compared with the same files read through a
-manifest. The network is guarded: ``datasets`` must read its caches offline.
+manifest. conftest's network guard holds: ``datasets`` must read its caches offline.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,33 +28,6 @@ from mmtrain.errors import MMTrainError
 datasets = pytest.importorskip("datasets")
 
 MEDIA = ["image", "audio", "text"]
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """Any connection or name lookup outside this machine fails the test."""
-    attempts: list[str] = []
-    connect, getaddrinfo = socket.socket.connect, socket.getaddrinfo
-
-    def remote(host: Any) -> bool:
-        return host not in ("localhost", "::1") and not str(host).startswith("127.")
-
-    def guarded_connect(self: socket.socket, address: Any) -> Any:
-        if self.family in (socket.AF_INET, socket.AF_INET6) and remote(address[0]):
-            attempts.append(f"connect {address}")
-            raise OSError("network access in a test")
-        return connect(self, address)
-
-    def guarded_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
-        if remote(host):
-            attempts.append(f"resolve {host}")
-            raise socket.gaierror("network access in a test")
-        return getaddrinfo(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
-    monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
-    yield attempts
-    assert attempts == [], f"network touched: {attempts}"
 
 
 def assert_same_samples(hf: HFDataset, manifest: ManifestDataset) -> None:

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from mmtrain.data.inputs.base import Input, padded
+from mmtrain.data.collate import padded
+from mmtrain.data.inputs.base import Input
 from mmtrain.data.transforms.audio import AudioTransform
 from mmtrain.errors import MMTrainError
 

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from mmtrain.contracts import Column
-from mmtrain.data.collate import pad_last
+from mmtrain.data.collate import stacked
 from mmtrain.errors import MMTrainError
 
 
@@ -28,7 +28,7 @@ def settings_digest(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-class Input:
+class Input(ABC):
     """The defaults of an input: one column named after the modality, nothing to fit, a
     fixed-size tensor per sample (stacked), no length for bucketing."""
 
@@ -56,26 +56,22 @@ class Input:
 
     def fit(self, column: Column) -> None:
         """Learn from the training split (nothing by default)."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Use what :meth:`state_dict` saved (nothing by default)."""
+        return None
 
+    @abstractmethod
     def encode(self, value: Any, train: bool) -> Tensor:
-        raise NotImplementedError(f"{type(self).__name__} must define encode(value, train)")
+        """One sample's value as a tensor: its preprocessing (augmented when ``train``)."""
 
     def collate(self, values: list[Tensor]) -> dict[str, Tensor]:
-        """Stack same-shaped tensors into ``{name: (B, ...)}``.
-
-        Raises:
-            ValueError: naming the shapes, when samples differ in shape.
-        """
-        shapes = sorted({tuple(v.shape) for v in values})
-        if len(shapes) > 1:
-            raise ValueError(f"cannot stack {self.name!r}: samples have shapes {shapes}")
-        return {self.name: torch.stack(values)}
+        """Stack same-shaped tensors into ``{name: (B, ...)}``."""
+        return stacked(self.name, values)
 
     def lengths(self, values: Callable[[str], list[Any]], base: Path | None) -> list[float]:
         raise MMTrainError(f"data.bucket_by={self.name!r}: the {self.name} input has no length")
@@ -87,9 +83,3 @@ class Input:
     def fingerprint(self) -> str:
         """This input's part of the feature-cache key: its class, settings and fitted state."""
         return settings_digest(self) + repr(sorted(self.state_dict().items()))
-
-
-def padded(name: str, values: list[Tensor]) -> dict[str, Tensor]:
-    """Pad along the last axis: ``{name: (B, ..., T), name_mask: (B, T) bool}``."""
-    batch, mask = pad_last(values)
-    return {name: batch, f"{name}_mask": mask}

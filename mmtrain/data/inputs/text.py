@@ -10,7 +10,8 @@ from typing import Any
 from torch import Tensor
 
 from mmtrain.contracts import Column
-from mmtrain.data.inputs.base import Input, padded, settings_digest
+from mmtrain.data.collate import padded
+from mmtrain.data.inputs.base import Input, settings_digest
 from mmtrain.data.transforms.text import WordTokenizer
 
 

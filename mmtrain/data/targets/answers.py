@@ -9,7 +9,7 @@ from typing import Any
 from torch import Tensor
 
 from mmtrain.contracts import REFERENCES, Column, PredictionFile
-from mmtrain.data.inputs.base import padded
+from mmtrain.data.collate import padded
 from mmtrain.data.targets.base import Target, references, results_id, write_results
 from mmtrain.data.transforms.answers import AnswerVocabulary
 

@@ -11,10 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from mmtrain.contracts import REFERENCES, Column, PredictionFile
+from mmtrain.data.collate import stacked
 from mmtrain.errors import MMTrainError
 
 
@@ -54,18 +54,19 @@ class Target:
         """Use what :meth:`state_dict` saved (nothing by default)."""
 
     def encode(self, item: dict[str, Any], train: bool, inputs: dict[str, Any]) -> dict[str, Any]:
-        raise NotImplementedError(f"{type(self).__name__} must define encode(item, train, inputs)")
-
-    def collate(self, values: list[Tensor]) -> dict[str, Tensor]:
-        """Stack same-shaped tensors into ``{name: (B, ...)}``.
+        """``{task: tensor}`` (plus ``<task>_references``...) of one raw item; ``inputs`` are
+        the data module's, for a target encoded with one (a mask with its image). Every
+        target with data defines it; the base class is also the writer of tasks that have
+        none (retrieval), which never encode.
 
         Raises:
-            ValueError: naming the shapes, when samples differ in shape.
+            MMTrainError: naming the task, for a target class that does not encode.
         """
-        shapes = sorted({tuple(v.shape) for v in values})
-        if len(shapes) > 1:
-            raise ValueError(f"cannot stack {self.name!r}: samples have shapes {shapes}")
-        return {self.name: torch.stack(values)}
+        raise MMTrainError(f"the {self.name!r} target of {type(self).__name__} encodes nothing")
+
+    def collate(self, values: list[Tensor]) -> dict[str, Tensor]:
+        """Stack same-shaped tensors into ``{name: (B, ...)}``."""
+        return stacked(self.name, values)
 
     def lengths(self, values: Callable[[str], list[Any]], base: Path | None) -> list[float]:
         raise MMTrainError(f"data.bucket_by={self.name!r}: the {self.name} target has no length")

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from torch import Tensor
 
 from mmtrain.contracts import REFERENCES, Column, PredictionFile, Tokenizer
-from mmtrain.data.inputs.base import padded
+from mmtrain.data.collate import padded
 from mmtrain.data.targets.base import Target, references, results_id, write_lines, write_results
 
 RESULTS = ("coco", "transcripts", "jsonl")
