@@ -113,6 +113,8 @@ def _mmtrain_env(session_dirs: dict[str, Path]) -> Iterator[None]:
         mp.setenv("MMTRAIN_DATA_DIR", str(session_dirs["data"]))
         mp.setenv("MMTRAIN_OUTPUT_DIR", str(session_dirs["outputs"]))
         mp.delenv("HYDRA_FULL_ERROR", raising=False)
+        # Tests never download: a hub id resolves through the cache or a model store only.
+        mp.setenv("HF_HUB_OFFLINE", "1")
         yield
 
 
