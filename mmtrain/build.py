@@ -17,10 +17,12 @@ from importlib.util import find_spec
 from typing import Any
 
 import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import InstantiationException
 from hydra.utils import get_object
 from lightning_fabric.utilities.exceptions import MisconfigurationException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mmtrain.contracts import Head, Input, LossWeighting, Target
 from mmtrain.data.datamodule import MultimodalDataModule
@@ -41,16 +43,71 @@ def _wired(node: DictConfig, facts: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in facts.items() if k in params and k not in node}
 
 
+def _command_line(prefix: str) -> dict[str, Any]:
+    """``{key: value}`` of the overrides under ``prefix`` given on this command line."""
+    if not HydraConfig.initialized():
+        return {}
+    parsed = OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task))
+    return {
+        o.key_or_group: o.value()
+        for o in parsed
+        if o.key_or_group.startswith(prefix) and not o.is_delete()
+    }
+
+
+def _same(given: Any, model: Any) -> bool:
+    """Whether a command-line value says what the model's preprocessing says."""
+    if isinstance(given, (list, tuple)) and isinstance(model, (list, tuple)):
+        return len(given) == len(model) and all(_same(g, m) for g, m in zip(given, model))
+    if isinstance(given, (int, float)) and isinstance(model, (int, float)):
+        return abs(float(given) - float(model)) <= 1e-6 * max(1.0, abs(float(model)))
+    return str(given) == str(model)
+
+
+def follow_models(cfg: DictConfig) -> DictConfig:
+    """``cfg.data`` with the preprocessing of each pretrained encoder's model: its image size,
+    resize, crop and mean/std, its tokenizer, its feature extractor (the encoder class's
+    ``preprocessing``; see :class:`mmtrain.encoders.pretrained.PretrainedEncoder`).
+
+    Raises:
+        MMTrainError: when a ``data.<modality>.*`` value set on the command line contradicts
+            the model's, naming both.
+    """
+    data = cfg.data.copy()
+    given = _command_line("data.")
+    for modality, node in (cfg.get("encoder") or {}).items():
+        preprocessing = getattr(get_object(node._target_), "preprocessing", None)
+        if preprocessing is None or not OmegaConf.is_dict(data.get(modality)):
+            continue
+        keys = dict(OmegaConf.to_container(node, resolve=True))
+        keys.pop("_target_", None)
+        keys.setdefault("model_dir", cfg.get("paths", {}).get("model_dir"))
+        name = node.get("model_name_or_path")
+        for key, value in preprocessing(**keys).items():
+            path = f"data.{modality}.{key}"
+            if path in given and not _same(given[path], value):
+                raise MMTrainError(
+                    f"{path}={given[path]} contradicts encoder.{modality}.model_name_or_path="
+                    f"{name}, whose preprocessing has {key}={value}; drop the override (the "
+                    "model's preprocessing is used) or use another model"
+                )
+            with open_dict(data):
+                data[modality][key] = value
+    return data
+
+
 def build_datamodule(cfg: DictConfig) -> MultimodalDataModule:
     """The data module, loading the modalities with an encoder and the targets with a head;
-    its ``seed`` (training order, augmentation) is the run's unless its YAML sets one. Its
+    its ``seed`` (training order, augmentation) is the run's unless its YAML sets one. A
+    pretrained encoder's model sets its input's preprocessing (:func:`follow_models`). Its
     inputs and targets are checked against the Protocols of contracts.py.
 
     Raises:
-        MMTrainError: naming the key, for an input or target that lacks a member.
+        MMTrainError: naming the key, for an input or target that lacks a member, or a
+            command-line value that contradicts a model's preprocessing.
     """
     datamodule = safe_instantiate(
-        cfg.data,
+        follow_models(cfg),
         "data",
         _allowed(cfg),
         modalities=list(cfg.get("encoder") or {}),
@@ -102,6 +159,17 @@ def encoder_facts(facts: dict[str, Any], modality: str) -> dict[str, Any]:
     return dict(facts.get("inputs", {}).get(modality) or {})
 
 
+def _pretrained_logit_scale(encoders: dict[str, Any]) -> dict[str, float]:
+    """``{"logit_scale": value}`` when the encoders that report a pretrained logit scale (CLIP
+    towers with ``output: projected``) agree on one; ``{}`` otherwise."""
+    scales = {
+        float(e.logit_scale)
+        for e in encoders.values()
+        if getattr(e, "logit_scale", None) is not None
+    }
+    return {"logit_scale": scales.pop()} if len(scales) == 1 else {}
+
+
 def build_module(
     cfg: DictConfig, facts: dict[str, Any], config_yaml: str | None = None
 ) -> MultimodalModule:
@@ -115,8 +183,14 @@ def build_module(
         raise MMTrainError("no encoder configured: add one, e.g. encoder/image=cnn")
     if not cfg.get("head"):
         raise MMTrainError("no head configured: add one, e.g. head/label=classification")
+    model_dir = (cfg.get("paths") or {}).get("model_dir")  # searched first for model ids
     encoders = {
-        m: safe_instantiate(node, f"encoder.{m}", extra, **_wired(node, encoder_facts(facts, m)))
+        m: safe_instantiate(
+            node,
+            f"encoder.{m}",
+            extra,
+            **_wired(node, {**encoder_facts(facts, m), "model_dir": model_dir}),
+        )
         for m, node in cfg.encoder.items()
     }
     in_dims = {m: int(e.out_dim) for m, e in encoders.items()}
@@ -140,6 +214,8 @@ def build_module(
             )
         # A head reading the encoders' own features (retrieval) gets their widths instead.
         width = {"in_dims": in_dims} if "in_dims" in params else {"in_dim": int(fusion.out_dim)}
+        if "logit_scale" in params and "logit_scale" not in node:  # pretrained CLIP towers
+            wired |= _pretrained_logit_scale(encoders)
         head = safe_instantiate(node, f"head.{task}", extra, **width, **wired)
         heads[task] = follows(head, Head, f"head.{task}")
     weighting = safe_instantiate(cfg.loss_weighting, "loss_weighting", extra, names=list(heads))

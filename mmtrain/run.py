@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mmtrain.build import build_datamodule, build_module, build_trainer
@@ -23,6 +24,7 @@ from mmtrain.data.targets import Target
 from mmtrain.errors import MMTrainError
 from mmtrain.failures import FailurePoint, explain
 from mmtrain.utils.config_check import check_config
+from mmtrain.utils.hub import materialize
 
 log = logging.getLogger(__name__)
 # Raised inside Lightning on every run with torch >= 2.10; nothing a user can act on.
@@ -185,6 +187,28 @@ def config_from_checkpoint(stored_yaml: str, cfg: DictConfig) -> DictConfig:
     return merged
 
 
+def use_stored_models(cfg: DictConfig, models: dict[str, dict[str, bytes]], folder: Path) -> None:
+    """Point each pretrained part of ``cfg`` at the model files its checkpoint stores (config,
+    tokenizer, processor), written under ``folder``, and build it without weights (the
+    checkpoint's state_dict has them): ``mmtrain test|predict`` never read the original
+    ``model_name_or_path``, so a checkpoint works on a machine without that model.
+
+    Args:
+        cfg: the composed config (changed in place).
+        models: ``{"encoder.image": {file name: content}}`` from the checkpoint.
+        folder: where the files are written, one folder per part.
+    """
+    for path, files in models.items():
+        node = OmegaConf.select(cfg, path)
+        if node is None:  # the part was removed on this command line (~encoder/audio)
+            continue
+        no_weights = getattr(get_object(node._target_), "NO_WEIGHTS", False)
+        with open_dict(node):
+            if files:  # a plain timm or open_clip name needs no files: the name rebuilds it
+                node.model_name_or_path = str(materialize(files, folder / path).resolve())
+            node.pretrained = no_weights
+
+
 def _write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -344,6 +368,8 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
     if ckpt is not None and stage != "fit":
         cfg = config_from_checkpoint(ckpt[CHECKPOINT_KEY]["config"], cfg)
         config_yaml = OmegaConf.to_yaml(cfg)
+        models = ckpt[CHECKPOINT_KEY].get("models") or {}
+        use_stored_models(cfg, models, Path(cfg.paths.output_dir) / "models")
     if stage == "predict" and cfg.get("input"):
         with open_dict(cfg):  # the inputs replace the data set; vocabularies stay the checkpoint's
             if "sources" in cfg.data:  # data=multi: one data set of inputs instead

@@ -214,9 +214,17 @@ class ContrastiveHead(nn.Module):
         init_temperature: starting temperature (CLIP: 0.07).
         dropout: dropout in the projections.
         ks: the K of recall@K.
+        projection: project each tower with a new :class:`ContrastiveProjection`; false uses
+            the towers' own embeddings as they are (pretrained CLIP towers with
+            ``output: projected``: they already share a space, and a new projection would lose
+            their zero-shot ability at step 0); their widths must then be equal.
+        logit_scale: the starting log scale (wired by build.py from pretrained towers that
+            report one, e.g. CLIP's learned ``logit_scale``); None starts from
+            ``init_temperature``.
 
     Raises:
-        ValueError: for other than two modalities, or one without an encoder.
+        ValueError: for other than two modalities, one without an encoder, or towers of
+            different widths without a projection.
     """
 
     unfused = True  # gets the encoders' features, not the fusion's (contracts.Head)
@@ -229,6 +237,8 @@ class ContrastiveHead(nn.Module):
         init_temperature: float = 0.07,
         dropout: float = 0.1,
         ks: list[int] = (1, 5, 10),
+        projection: bool = True,
+        logit_scale: float | None = None,
     ) -> None:
         super().__init__()
         modalities = list(modalities)
@@ -238,11 +248,21 @@ class ContrastiveHead(nn.Module):
                 f"modalities must be two modalities with an encoder, got {modalities} "
                 f"(encoders: {sorted(in_dims)})"
             )
+        widths = [in_dims[m] for m in modalities]
+        if not projection and widths[0] != widths[1]:
+            raise ValueError(
+                f"projection=false needs towers of one width, got {dict(zip(modalities, widths))}"
+                " (use output: projected on pretrained CLIP towers, or projection=true)"
+            )
         self.modalities = modalities
         self.projections = nn.ModuleDict(
-            {m: ContrastiveProjection(in_dims[m], dim, dropout) for m in modalities}
+            {
+                m: ContrastiveProjection(in_dims[m], dim, dropout) if projection else nn.Identity()
+                for m in modalities
+            }
         )
-        self.logit_scale = LogitScale(init_temperature)
+        temperature = init_temperature if logit_scale is None else math.exp(-logit_scale)
+        self.logit_scale = LogitScale(temperature)
         self.ks = tuple(ks)
 
     @staticmethod
