@@ -97,12 +97,18 @@ def target_arguments(overrides: Sequence[str], base: Any) -> dict[str, str]:
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(base, parent, default=None)
         # `leaf in node` is False for a ??? value: its key is in node.keys() all the same
-        if not isinstance(node, DictConfig) or leaf in node.keys():  # noqa: SIM118
+        if isinstance(node, DictConfig) and leaf in node.keys():  # noqa: SIM118
             continue
-        if leaf in (target_parameters(node, extra) or []):
+        if isinstance(node, DictConfig) and leaf in (target_parameters(node, extra) or []):
             out[item] = f"+{item}"
-        elif "_target_" not in node and "." in parent:  # an entry of a mapping argument
-            grand, _, name = parent.rpartition(".")  # (data.dataset.rename.picture=image)
+            continue
+        # An entry of a mapping argument, however deep (data.dataset.rename.picture=image,
+        # model.lr_mult.encoders.image=0.1): the nearest node that exists is that mapping.
+        while node is None and "." in parent:
+            parent = parent.rpartition(".")[0]
+            node = OmegaConf.select(base, parent, default=None)
+        if isinstance(node, DictConfig) and "_target_" not in node and "." in parent:
+            grand, _, name = parent.rpartition(".")
             owner = OmegaConf.select(base, grand, default=None)
             if name in (target_parameters(owner, extra) or []):
                 out[item] = f"+{item}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +22,17 @@ from mmtrain.contracts import (
 )
 from mmtrain.errors import MMTrainError
 from mmtrain.loss_weighting.base import GradientWeighting
+from mmtrain.optim import (
+    check_layer_decay,
+    check_lr_mult,
+    clean_name,
+    describe_groups,
+    param_groups,
+    scale_groups,
+)
 from mmtrain.utils.nonfinite import NonFiniteGuard, describe_parameters
+
+log = logging.getLogger(__name__)
 
 TOTAL = "_total"  # the key of the total loss among the per-task evaluation losses
 
@@ -64,9 +75,26 @@ class MultimodalModule(pl.LightningModule):
             place: checkpoints keep their keys); the first steps are slower.
         channels_last: keep convolutional image encoders and the images in channels-last
             memory format (faster convolutions on GPUs with tensor cores and on recent CPUs).
+        lr_mult: ``{part path: multiplier}`` of the optimizer's learning rate, e.g.
+            ``{"encoders.image": 0.1}`` for a pretrained tower (nested mappings, as the command
+            line ``model.lr_mult.encoders.image=0.1`` makes, are read as dotted paths). A path
+            is a module or parameter inside this module (``encoders``, ``encoders.image``,
+            ``fusion``, ``heads.caption``, ``loss_weighting``...); a parameter takes the
+            multiplier of the longest path above it, 1 without one.
+        layer_decay: None (off) or a number in (0, 1]: layer-wise learning-rate decay in every
+            part with a ``blocks()`` method (pretrained towers). With ``n`` blocks, block ``i``
+            (0-based) is layer ``i + 1``, what comes before the first block (embeddings) layer
+            0, after the last (final norm, projection) layer ``n + 1``; a layer's learning rate
+            is multiplied by ``layer_decay ** (n + 1 - layer)``, and by ``lr_mult``.
+        no_decay: no weight decay for biases and other vectors, normalisation layers and
+            embeddings (``nn.Embedding``, ``pos_embed``, ``cls_token``, ``logit_scale``...);
+            False: the optimizer's weight decay for every parameter.
 
     Attributes:
         without: modalities left out of evaluation (robustness tests set it), as if absent.
+
+    Raises:
+        ValueError: for a bad option; for ``lr_mult``, naming an unknown path and the parts.
     """
 
     def __init__(
@@ -83,6 +111,9 @@ class MultimodalModule(pl.LightningModule):
         nonfinite_budget: int = 10,
         compile: bool = False,
         channels_last: bool = False,
+        lr_mult: dict[str, Any] | None = None,
+        layer_decay: float | None = None,
+        no_decay: bool = True,
     ) -> None:
         super().__init__()
         self.compile_parts, self.channels_last = compile, channels_last
@@ -119,9 +150,17 @@ class MultimodalModule(pl.LightningModule):
         # data.cache_features: {modality: whether its cached features carry a mask}, set by the
         # FeatureCache callback (mmtrain.callbacks.feature_cache)
         self.cache_masked: dict[str, bool] = {}
+        # Checked now that the parts exist: a wrong path fails before training starts.
+        self.lr_mult = check_lr_mult(self, lr_mult)
+        self.layer_decay = check_layer_decay(layer_decay)
+        self.no_decay = bool(no_decay)
+        self._param_ndims: dict[str, int] = {}  # as built, see configure_model
 
     def configure_model(self) -> None:
         """``model.compile`` and ``model.channels_last`` (Lightning calls this before fitting)."""
+        # The parameters' shapes before a strategy shards them (FSDP and ZeRO-3 flatten them
+        # into 1-D views), so that configure_optimizers tells vectors from matrices as built.
+        self._param_ndims = {clean_name(n): p.ndim for n, p in self.named_parameters()}
         if self.channels_last and "image" in self.encoders:
             self.encoders["image"].to(memory_format=torch.channels_last)
         if self.compile_parts and not getattr(self, "_compiled", False):
@@ -414,7 +453,26 @@ class MultimodalModule(pl.LightningModule):
         return rows
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameters())
+        """The optimizer over the trainable parameters in groups (``lr_mult``, ``layer_decay``,
+        ``no_decay``: see :mod:`mmtrain.optim`), and the scheduler stepped every step.
+
+        Raises:
+            MMTrainError: when nothing is trainable, or the optimizer or the scheduler rejects
+                its arguments.
+        """
+        groups = param_groups(
+            self, self.lr_mult, self.layer_decay, self.no_decay, self._param_ndims or None
+        )
+        if not groups:
+            raise MMTrainError("no trainable parameters: every part of the model is frozen")
+        try:
+            optimizer = self.optimizer_factory(groups)
+        except ValueError as err:  # e.g. optimizer.lr=-1
+            raise MMTrainError(f"optimizer: {err}") from None
+        # Before the scheduler: it takes each group's lr as its initial_lr.
+        scale_groups(optimizer)
+        if self._trainer is None or self.trainer.is_global_zero:
+            log.info("parameter groups:\n%s", describe_groups(optimizer))
         if self.scheduler_factory is None:
             return optimizer
         kwargs = {}
@@ -422,8 +480,17 @@ class MultimodalModule(pl.LightningModule):
         params = inspect.signature(getattr(self.scheduler_factory, "func", self.scheduler_factory))
         for name in ("T_max", "total_steps"):
             if name in params.parameters and name not in bound:
-                kwargs[name] = int(self.trainer.estimated_stepping_batches)
-        scheduler = self.scheduler_factory(optimizer, **kwargs)
+                steps = self.trainer.estimated_stepping_batches
+                if steps == float("inf"):
+                    raise MMTrainError(
+                        f"scheduler: {name} is the run's length, and this run has none: set "
+                        "trainer.max_steps or trainer.max_epochs"
+                    )
+                kwargs[name] = int(steps)
+        try:
+            scheduler = self.scheduler_factory(optimizer, **kwargs)
+        except ValueError as err:  # e.g. scheduler.warmup_steps and warmup_ratio both set
+            raise MMTrainError(f"scheduler: {err}") from None
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
