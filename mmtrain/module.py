@@ -497,12 +497,27 @@ class MultimodalModule(pl.LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the config and the data state as plain types (loadable with weights_only)."""
+        """Store the config, the data state and the pretrained parts' model files as plain
+        types (loadable with weights_only)."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         checkpoint[CHECKPOINT_KEY] = {
             "config": self.config_yaml,
             "data": datamodule.state_dict() if datamodule is not None else {},
             "nonfinite_steps": self.nonfinite.skipped,
+            "models": self.model_files(),
+        }
+
+    def model_files(self) -> dict[str, dict[str, bytes]]:
+        """``{"encoder.image": {file name: content}}``: the files that rebuild each pretrained
+        part without its weights (its config, tokenizer, processor; see
+        :class:`mmtrain.encoders.pretrained.PretrainedEncoder`), so that a checkpoint is
+        self-contained: ``mmtrain test|predict`` rebuild from them."""
+        parts = {f"encoder.{m}": e for m, e in self.encoders.items()}
+        parts |= {f"head.{task}": head for task, head in self.heads.items()}
+        return {
+            path: dict(part.model_files)
+            for path, part in parts.items()
+            if getattr(part, "model_files", None) is not None
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
