@@ -11,7 +11,6 @@ timm is imported inside functions: importing this module does not import it.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import re
 from pathlib import Path
@@ -24,17 +23,12 @@ from mmtrain.contracts import Features
 from mmtrain.encoders.pretrained import PretrainedEncoder
 from mmtrain.errors import MMTrainError
 from mmtrain.utils import hub
+from mmtrain.utils.hub import did_you_mean
 
 KEY = "encoder.image.model_name_or_path"
 OUTPUTS = ("tokens", "pooled")
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".bin", ".pt")  # what timm's file loader reads
 HUB_PREFIX = "hf-hub:"
-
-
-def did_you_mean(name: str, choices: list[str]) -> str:
-    """`` (did you mean a, b?)`` for the close matches of ``name`` in ``choices``, or ``""``."""
-    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.6)
-    return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
 def safe_alternative(filename: str) -> str:

@@ -17,6 +17,7 @@ torch-free: the data side reads processor configs with it before anything heavy 
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 from pathlib import Path
@@ -31,6 +32,13 @@ MAX_MODEL_FILE = 64 * 2**20  # a tokenizer.json is a few MB; anything larger is 
 # pickled, TensorFlow or Flax copies that many repositories also hold).
 HUB_PATTERNS = ("*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken")
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth")
+
+
+def did_you_mean(name: str, choices: list[str]) -> str:
+    """`` (did you mean a, b?)`` for the close matches of ``name`` in ``choices`` (a library's
+    model names), or ``""``."""
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
 def offline() -> bool:

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from mmtrain.utils import hub
+from mmtrain.utils.open_clip_models import find_model
 
 
 class OpenCLIPTokenizer:
@@ -51,8 +52,6 @@ class OpenCLIPTokenizer:
         self, name: str, max_length: int | None = None, model_dir: str | Path | None = None
     ) -> None:
         import open_clip
-
-        from mmtrain.encoders.openclip import find_model  # the encoders' rules for names
 
         self.name = name
         model = find_model(name, "data.text.tokenizer", model_dir=model_dir)
