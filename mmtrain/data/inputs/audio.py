@@ -1,4 +1,8 @@
-"""The audio input: ``audio (B, n_mels, T)`` log-mels + ``audio_mask (B, T)``; ``data.audio``."""
+"""The audio input: ``audio (B, n_mels, T)`` log-mels + ``audio_mask (B, T)``; ``data.audio``.
+
+With a pretrained waveform model's feature extractor (wav2vec 2.0, HuBERT, WavLM) the batch is
+the waveform instead: ``audio (B, T)`` + ``audio_mask (B, T)``.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +11,18 @@ import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor
 
-from mmtrain.data.collate import padded
-from mmtrain.data.inputs.base import Input
-from mmtrain.data.transforms.audio import AudioTransform
+from mmtrain.data.collate import pad_last, padded
+from mmtrain.data.inputs.base import Input, settings_digest
+from mmtrain.data.transforms.audio import WAVEFORM, AudioTransform
 from mmtrain.errors import MMTrainError
+from mmtrain.utils.preprocessing import preprocessing_digest
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +34,21 @@ class AudioInput(AudioTransform, Input):
 
     Its length for bucketing is in seconds: a numeric ``duration`` column when the data set
     has one, else each file's header (no sample is decoded), capped at ``max_seconds``.
+
+    With ``feature_extractor`` (a pretrained audio encoder sets it) the batch is what the
+    extractor gives, as a model takes it:
+
+    - a waveform extractor: ``audio (B, T)`` float, each clip as the extractor returns it
+      (normalised per clip when it says so), padded with its ``padding_value``, and
+      ``audio_mask (B, T)`` marking the samples of the clip;
+    - Whisper: ``audio (B, n_mels, 3000)`` log-mels (the extractor's own 30 s padding) and
+      ``audio_mask (B, 3000)`` marking the frames that hold audio (its attention mask);
+    - AST: ``audio (B, n_mels, 1024)`` (its fbank transposed to the mel contract) and
+      ``audio_mask (B, 1024)`` marking the frames computed from the clip rather than padded.
+
+    For the last two, a sample's tensor (:meth:`encode`) carries its frame mask as an extra
+    last row, ``(n_mels + 1, frames)``, which :meth:`collate` splits off: the mask cannot be
+    recovered from the padded features.
     """
 
     name = "audio"
@@ -34,9 +56,23 @@ class AudioInput(AudioTransform, Input):
 
     def encode(self, value: tuple[np.ndarray, int], train: bool) -> Tensor:
         samples, rate = value
-        return self(samples, rate, train=train)
+        if self.frames is None:  # mmtrain's log-mels or a waveform: the length is the tensor's
+            return self(samples, rate, train=train)
+        feats, length = self.extract(samples, rate, train=train)
+        holds_audio = torch.zeros(1, feats.shape[-1])
+        holds_audio[0, :length] = 1.0
+        return torch.cat([feats, holds_audio])  # (n_mels + 1, frames)
 
     def collate(self, values: list[Tensor]) -> dict[str, Tensor]:
+        if self.frames is not None:  # split the frame mask off (see encode)
+            batch = torch.stack(values)  # (B, n_mels + 1, frames)
+            return {
+                self.name: batch[:, :-1].contiguous(),
+                f"{self.name}_mask": batch[:, -1] > 0.5,
+            }
+        if self.kind == WAVEFORM:
+            audio, mask = pad_last(values, float(self.extractor.padding_value))
+            return {self.name: audio, f"{self.name}_mask": mask}
         return padded(self.name, values)
 
     def lengths(self, values: Callable[[str], list[Any]], base: Path | None) -> list[float]:
@@ -68,7 +104,25 @@ class AudioInput(AudioTransform, Input):
         return [min(s, cap) for s in seconds]
 
     def facts(self) -> dict[str, Any]:
-        return {"n_mels": self.n_mels}
+        """``n_mels`` (mmtrain's log-mels); with a feature extractor also ``waveform`` (whether
+        the batch is the waveform), and ``sample_rate`` (a waveform) or ``frames`` (the fixed
+        frames of Whisper and AST) in place of ``n_mels`` for a waveform."""
+        if self.kind is None:
+            return {"n_mels": self.n_mels}
+        if self.kind == WAVEFORM:
+            return {"waveform": True, "sample_rate": self.sample_rate}
+        return {"n_mels": self.n_mels, "waveform": False, "frames": self.frames}
+
+    def fingerprint(self) -> str:
+        """The feature-cache key: settings, and with a feature extractor its files' hash (not
+        its folder, which a checkpoint rebuilds elsewhere)."""
+        if self.feature_extractor is None:
+            return super().fingerprint()
+        settings = {
+            k: v for k, v in vars(self).items() if k not in ("extractor", "feature_extractor")
+        }
+        own = settings_digest(SimpleNamespace(**settings))
+        return f"{type(self).__qualname__}:{own}:{preprocessing_digest(self.feature_extractor)}"
 
 
 def audio_seconds(paths: Sequence[str | Path | None], base: Path | None = None) -> list[float]:

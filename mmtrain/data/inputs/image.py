@@ -20,7 +20,9 @@ SIZE_SAMPLE = 64  # training images whose sizes an ``auto`` size is fitted on
 class ImageInput(ImageTransform, Input):
     """RGB images (PIL, as items give them) through :class:`ImageTransform`: resize,
     normalisation and, in training, its augmentation. The keys of ``data.image`` are those of
-    :class:`ImageTransform` (``data.image.size=128``).
+    :class:`ImageTransform` (``data.image.size=128``); a pretrained image encoder sets them to
+    its model's preprocessing (size, resize and crop, interpolation, mean and std; see
+    :mod:`mmtrain.utils.preprocessing`).
 
     With ``size: auto`` the size is fitted on the sizes of up to 64 training images spread
     over the split, and kept in the checkpoint. Images upscaled more than 2x get one warning
