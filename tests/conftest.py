@@ -118,6 +118,18 @@ def _mmtrain_env(session_dirs: dict[str, Path]) -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="session")
+def model_store(session_dirs: dict[str, Path]) -> Iterator[Path]:
+    """Tiny random models under the ids the pretrained presets and experiments name, found
+    through ``MMTRAIN_MODEL_DIR`` (as a user's model store): see helpers/model_store.py."""
+    from helpers.model_store import write_model_store
+
+    store = write_model_store(session_dirs["data"].parent / "models")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MMTRAIN_MODEL_DIR", str(store))
+        yield store
+
+
 LOOPBACK = {None, "", "localhost", "127.0.0.1", "::1", "0.0.0.0"}
 
 
@@ -365,6 +377,62 @@ def make_batch(
                 )
             batch.update(table[name](batch_size, facts, g))
     return batch
+
+
+# Raw values of a modality as data sets give them, for the inputs of pretrained encoders.
+def _raw_images(n: int, rng: Any) -> list[Any]:
+    from PIL import Image
+
+    return [Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype="uint8")) for _ in range(n)]
+
+
+RAW_VALUES: dict[str, Callable[[int, Any], list[Any]]] = {
+    "image": _raw_images,
+    "text": lambda n, rng: ["a photo of the cat on the mat", "a red dog"][:n] * (n // 2 + 1),
+    "audio": lambda n, rng: [
+        ((0.1 * rng.standard_normal((1, 4000 + 2000 * i))).astype("float32"), 16000)
+        for i in range(n)
+    ],
+}
+
+
+def pretrained_inputs(
+    cfg: DictConfig, facts: dict[str, Any], batch_size: int = 2, seed: int = 0
+) -> dict[str, Any]:
+    """The batch entries of the modalities whose encoder is a pretrained tower, made as the
+    data side makes them: the input with the model's preprocessing (``build.follow_models``:
+    its size and mean/std, its tokenizer, its feature extractor) applied to raw values. Each
+    such input's facts replace the synthetic ones in ``facts["inputs"]`` (vocabulary size,
+    waveform or mel bins). Needs the ``model_store`` fixture for the presets' model ids."""
+    import numpy as np
+    from hydra.utils import get_object, instantiate
+
+    from mmtrain.build import follow_models
+
+    rng = np.random.default_rng(seed)
+    data, out = None, {}
+    for modality, node in cfg.encoder.items():
+        if not hasattr(get_object(node._target_), "preprocessing"):
+            continue
+        data = data if data is not None else follow_models(cfg)
+        part = instantiate(data[modality])
+        part.name = modality
+        values = RAW_VALUES[modality](batch_size, rng)[:batch_size]
+        out.update(part.collate([part.encode(v, train=False) for v in values]))
+        facts["inputs"][modality] = part.facts()
+    return out
+
+
+def model_batch(cfg: DictConfig, facts: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """``(module, batch)`` for a composed config: pretrained towers get their own inputs
+    (:func:`pretrained_inputs`), every other modality and task a synthetic entry."""
+    from mmtrain.build import build_module
+
+    real = pretrained_inputs(cfg, facts)
+    module = build_module(cfg, facts)
+    synthetic = [m for m in cfg.encoder if m not in real]
+    batch = make_batch(synthetic, list(cfg.head), facts)
+    return module, {**batch, **real}
 
 
 @pytest.fixture

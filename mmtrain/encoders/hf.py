@@ -179,7 +179,7 @@ class HFEncoder(PretrainedEncoder, ABC):
         keep_cls: bool = True,
         output: str = "tokens",
         freeze: bool = False,
-        unfreeze_last: int = 0,
+        unfreeze_last: int | str = 0,
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
@@ -588,7 +588,7 @@ class HFTextEncoder(HFEncoder):
         keep_cls: bool = True,
         output: str = "tokens",
         freeze: bool = False,
-        unfreeze_last: int = 0,
+        unfreeze_last: int | str = 0,
         gradient_checkpointing: bool = False,
         vocab_size: int | None = None,
         pad_id: int | None = None,

@@ -78,7 +78,7 @@ class HFAudioEncoder(HFEncoder):
         keep_cls: bool = True,
         output: str = "tokens",
         freeze: bool = False,
-        unfreeze_last: int = 0,
+        unfreeze_last: int | str = 0,
         gradient_checkpointing: bool = False,
         n_mels: int | None = None,
     ) -> None:

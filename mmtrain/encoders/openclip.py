@@ -343,7 +343,7 @@ class OpenCLIPImageEncoder(_OpenCLIPEncoder):
         keep_cls: bool = True,
         output: str = "tokens",
         freeze: bool = False,
-        unfreeze_last: int = 0,
+        unfreeze_last: int | str = 0,
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
@@ -536,7 +536,7 @@ class OpenCLIPTextEncoder(_OpenCLIPEncoder):
         keep_cls: bool = True,
         output: str = "tokens",
         freeze: bool = False,
-        unfreeze_last: int = 0,
+        unfreeze_last: int | str = 0,
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()

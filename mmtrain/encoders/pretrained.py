@@ -56,17 +56,26 @@ class PretrainedEncoder(FreezableEncoder):
         return []
 
     def _finish(
-        self, freeze: bool, unfreeze_last: int = 0, gradient_checkpointing: bool = False
+        self, freeze: bool, unfreeze_last: int | str = 0, gradient_checkpointing: bool = False
     ) -> None:
         """Apply the freezing options; subclasses call it last in ``__init__``.
 
+        Args:
+            freeze: fix the whole tower.
+            unfreeze_last: train only the last N blocks and what follows them; ``all``: every
+                block, only the front (embeddings, a convolutional stem) stays fixed.
+            gradient_checkpointing: recompute activations in backward.
+
         Raises:
-            ValueError: for ``unfreeze_last`` outside ``[0, number of blocks]``.
+            ValueError: for ``unfreeze_last`` outside ``[0, number of blocks]`` (or ``all``).
         """
         blocks = self.blocks()
-        if isinstance(unfreeze_last, bool) or not 0 <= int(unfreeze_last) <= len(blocks):
+        if unfreeze_last == "all":
+            unfreeze_last = len(blocks)
+        valid = isinstance(unfreeze_last, int) and not isinstance(unfreeze_last, bool)
+        if not valid or not 0 <= unfreeze_last <= len(blocks):
             raise ValueError(
-                f"unfreeze_last must be in [0, {len(blocks)}] (the tower's blocks), "
+                f"unfreeze_last must be in [0, {len(blocks)}] (the tower's blocks) or all, "
                 f"got {unfreeze_last!r}"
             )
         if gradient_checkpointing:

@@ -214,7 +214,7 @@ class TimmImageEncoder(PretrainedEncoder):
         keep_cls: bool = True,
         output: str = "tokens",
         freeze: bool = False,
-        unfreeze_last: int = 0,
+        unfreeze_last: int | str = 0,
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()

@@ -13,6 +13,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import model_batch
 from omegaconf import OmegaConf
 
 from mmtrain.build import build_module
@@ -20,6 +21,8 @@ from mmtrain.cli import config_dir
 from mmtrain.contracts import Features
 
 CONFIG_DIR = config_dir()
+# The pretrained presets build on tiny models under their ids (tests/helpers/model_store.py).
+pytestmark = pytest.mark.usefixtures("model_store")
 # (family, glob) -> group options; the group of a file is its folder relative to CONFIG_DIR.
 MODEL_GROUP_GLOBS = ("encoder/*/*.yaml", "fusion/*.yaml", "head/*/*.yaml", "loss_weighting/*.yaml")
 
@@ -86,16 +89,14 @@ def test_the_config_tree_has_model_options() -> None:
 
 
 @pytest.mark.parametrize(("group", "option"), MODEL_OPTIONS, ids=_ids(MODEL_OPTIONS))
-def test_model_option_trains_one_step(group, option, compose_config, synth_batch, synth_facts):
+def test_model_option_trains_one_step(group, option, compose_config, synth_facts):
     torch.manual_seed(0)
     cfg = compose_config(_override(compose_config, group, option))
-    module = build_module(cfg, synth_facts)
-    modalities, tasks = list(cfg.encoder), list(cfg.head)
-    # Encoders with a fixed input size (ViT) say so in their config.
+    # Encoders with a fixed input size (torchvision's ViT) say so in their config.
     synth_facts["inputs"]["image"]["image_size"] = cfg.encoder.get("image", {}).get(
         "image_size", 64
     )
-    batch = synth_batch(modalities, tasks, synth_facts)
+    module, batch = model_batch(cfg, synth_facts)
 
     module.train()
     loss = _train_step(module, batch)
@@ -130,7 +131,7 @@ ENCODER_OPTIONS = [(g, o) for g, o in MODEL_OPTIONS if g.startswith("encoder/")]
 
 
 @pytest.mark.parametrize(("group", "option"), ENCODER_OPTIONS, ids=_ids(ENCODER_OPTIONS))
-def test_encoder_option_freezes(group, option, compose_config, synth_batch, synth_facts):
+def test_encoder_option_freezes(group, option, compose_config, synth_facts):
     """Every encoder preset takes ``freeze=true`` (declared in its YAML): no weight trains, and
     it stays in eval mode during training (fixed BatchNorm statistics, no dropout), so its
     features are the same every epoch (what data.cache_features relies on)."""
@@ -139,12 +140,11 @@ def test_encoder_option_freezes(group, option, compose_config, synth_batch, synt
     cfg = compose_config(
         _override(compose_config, group, option), f"encoder.{modality}.freeze=true"
     )
-    module = build_module(cfg, synth_facts)
-    encoder = module.encoders[modality]
     synth_facts["inputs"]["image"]["image_size"] = cfg.encoder.get("image", {}).get(
         "image_size", 64
     )
-    batch = synth_batch(list(cfg.encoder), list(cfg.head), synth_facts)
+    module, batch = model_batch(cfg, synth_facts)
+    encoder = module.encoders[modality]
     state = {k: v.clone() for k, v in encoder.state_dict().items()}
 
     module.train()
