@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from mmtrain.contracts import Features
 from mmtrain.encoders.pretrained import PretrainedEncoder
+from mmtrain.errors import MMTrainError
 from mmtrain.utils import hub
 
 OUTPUTS = ("tokens", "pooled", "projected")
@@ -503,6 +504,35 @@ class HFImageEncoder(HFEncoder):
             _DINOV2, model_class="Dinov2WithRegistersModel"
         ),
     }
+
+    @classmethod
+    def preprocessing(cls, **node: Any) -> dict[str, Any]:
+        """The processor's ``data.image`` keys (see :meth:`HFEncoder.preprocessing`), checked
+        against the model: a processor whose output size is not the image size the model was
+        trained at (its position embeddings; DINOv2 interpolates them by design) is refused.
+
+        Raises:
+            MMTrainError: naming both sizes and the folder.
+        """
+        keys = super().preprocessing(**node)
+        folder = cls._resolve(
+            node["model_name_or_path"],
+            node.get("revision"),
+            node.get("model_dir"),
+            node.get("safetensors", True),
+        )
+        config_file = folder / "config.json"
+        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        config = config.get("vision_config", config)  # a full CLIP/SigLIP folder
+        trained = config.get("image_size")
+        fixed = not str(config.get("model_type", "")).startswith("dinov2")
+        if fixed and isinstance(trained, int) and keys.get("size") != trained:
+            raise MMTrainError(
+                f"encoder.image.model_name_or_path={node['model_name_or_path']}: the processor "
+                f"config in {folder} makes {keys.get('size')} px images, but config.json says "
+                f"the model was trained at image_size={trained}; fix one of the two files"
+            )
+        return keys
 
     @classmethod
     def _specialise(cls, family: Family, config: Any) -> Family:
