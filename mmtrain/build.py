@@ -83,7 +83,13 @@ def follow_models(cfg: DictConfig) -> DictConfig:
         keys.pop("_target_", None)
         keys.setdefault("model_dir", cfg.get("paths", {}).get("model_dir"))
         name = node.get("model_name_or_path")
-        for key, value in preprocessing(**keys).items():
+        try:
+            wanted = preprocessing(**keys)
+        except ValueError as err:  # an unknown model name (with a did-you-mean), a bad folder
+            said = str(err)
+            key = f"encoder.{modality}"
+            raise MMTrainError(said if said.startswith(key) else f"{key}: {said}") from None
+        for key, value in wanted.items():
             path = f"data.{modality}.{key}"
             if path in given and not _same(given[path], value):
                 raise MMTrainError(

@@ -150,8 +150,10 @@ def resolve(
             f"{key}={name}: neither a folder nor a Hugging Face hub id (org/name)"
         ) from None
     except Exception as err:  # not cached offline, no network, not on the hub, gated...
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise not_found(name, key, model_dir, revision, first[:200]) from None
+        # Offline, the reason is always "not in the cache"; otherwise say what the hub said.
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
+        why = "" if offline() else first[:160]
+        raise not_found(name, key, model_dir, revision, why) from None
     return Path(folder)
 
 

@@ -177,5 +177,7 @@ def safe_instantiate(
     except InstantiationException as err:
         cause = err.__cause__
         if isinstance(cause, (ValueError, TypeError)):  # bad values or arguments from config
-            raise MMTrainError(f"{path}: {cause}") from None
+            # a message that names its key already (encoder.text.layer=9: ...) is kept as is
+            said = str(cause)
+            raise MMTrainError(said if said.startswith(path) else f"{path}: {said}") from None
         raise
