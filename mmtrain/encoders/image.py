@@ -13,27 +13,37 @@ from torch import Tensor, nn
 
 from mmtrain.contracts import Features
 from mmtrain.encoders import FreezableEncoder
+from mmtrain.utils.hub import offline
 
 
 def pretrained_state(arch: str) -> dict[str, Tensor]:
-    """torchvision's default ImageNet weights of ``arch``, from the local torch hub cache only.
-
-    Nothing is downloaded at run time: the file must already be in
-    ``<torch.hub.get_dir()>/checkpoints/`` (where torchvision puts it when it downloads). It is
-    read with ``weights_only=True``.
+    """torchvision's default ImageNet weights of ``arch``: from the torch hub cache
+    (``<torch.hub.get_dir()>/checkpoints/``), downloaded there first on a machine with a network
+    as torchvision does, unless offline (``HF_HUB_OFFLINE=1``, which mmtrain's tests set). Read
+    with ``weights_only=True``, the file's hash checked on download.
 
     Raises:
-        ValueError: naming the expected file and how to get it, if it is not there.
+        ValueError: naming the expected file and how to get it, when it is not there and
+            cannot be downloaded.
     """
     weights = torchvision.models.get_model_weights(arch).DEFAULT
     file = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
-    if not file.is_file():
-        raise ValueError(
-            f"pretrained weights for {arch} not found at {file}; fetch them once on a machine "
-            f'with internet (python -c "import torchvision; torchvision.models.get_model('
-            f"'{arch}', weights='DEFAULT')\") and copy the file there, or set pretrained=false"
+    if file.is_file():
+        return torch.load(file, map_location="cpu", weights_only=True)
+    how = (
+        f"pretrained weights for {arch} not found at {file}; fetch them once on a machine "
+        f'with internet (python -c "import torchvision; torchvision.models.get_model('
+        f"'{arch}', weights='DEFAULT')\") and copy the file there, or set pretrained=false"
+    )
+    if offline():
+        raise ValueError(f"{how} (offline: HF_HUB_OFFLINE=1)")
+    try:
+        return torch.hub.load_state_dict_from_url(
+            weights.url, map_location="cpu", check_hash=True, weights_only=True
         )
-    return torch.load(file, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as err:  # no network, a bad download
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise ValueError(f"{how} (the download failed: {reason})") from None
 
 
 def _scaled(size: int, grid: int, side: int, power: float) -> int:
@@ -136,8 +146,8 @@ class ResNetEncoder(FreezableEncoder):
 
     Args:
         arch: torchvision model name, ``resnet18``, ``resnet34`` or ``resnet50``.
-        pretrained: load torchvision's ImageNet weights from the local torch hub cache (see
-            :func:`pretrained_state`; nothing is downloaded); off by default.
+        pretrained: load torchvision's ImageNet weights (see :func:`pretrained_state`: the
+            torch hub cache, downloaded there with a network); off by default.
         freeze: keep the trunk's weights (and BatchNorm statistics) fixed.
 
     Raises:
@@ -182,8 +192,8 @@ class ViTEncoder(FreezableEncoder):
 
     Args:
         arch: ``vit_b_16``, ``vit_b_32``, ``vit_l_16`` or ``vit_l_32``.
-        pretrained: load torchvision's ImageNet weights from the local torch hub cache
-            (needs ``image_size=224``; nothing is downloaded); off by default.
+        pretrained: load torchvision's ImageNet weights (see :func:`pretrained_state`; needs
+            ``image_size=224``); off by default.
         freeze: keep the weights fixed (and dropout off).
         image_size: input height and width (``data.image.size`` must match).
 

@@ -302,3 +302,39 @@ def test_spec_augment_is_switched_on_from_the_data_config(compose_config):
     transform = build_datamodule(cfg).inputs["audio"]
     assert [type(m).__name__ for m in transform.spec_augment] == ["FrequencyMasking", "TimeMasking"]
     assert transform.num_masks == 2
+
+
+def test_torchvision_pretrained_weights_download_with_a_network_and_fail_clearly_offline(
+    tmp_path, monkeypatch
+):
+    """pretrained=true reads the torch hub cache; a missing file is downloaded as torchvision
+    does (hash checked, weights_only) unless offline, where one error says how to get it."""
+    from mmtrain.encoders import image
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(ValueError, match=r"resnet18 not found at .*offline: HF_HUB_OFFLINE=1"):
+        image.pretrained_state("resnet18")  # the tests run offline
+
+    calls = []
+    state = image.ResNetEncoder("resnet18").trunk.state_dict()
+
+    def download(url, **kwargs):  # what torchvision would fetch: the same keys as the model
+        import torchvision
+
+        calls.append((url, kwargs))
+        return torchvision.models.resnet18(weights=None).state_dict()
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", download)
+    encoder = image.ResNetEncoder("resnet18", pretrained=True)
+    ((url, kwargs),) = calls
+    assert url.startswith("https://download.pytorch.org/models/resnet18")
+    assert kwargs["weights_only"] and kwargs["check_hash"]
+    assert set(encoder.trunk.state_dict()) == set(state)
+
+    def no_network(url, **kwargs):
+        raise OSError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    with pytest.raises(ValueError, match=r"the download failed: \[Errno -3\]"):
+        image.pretrained_state("resnet18")
