@@ -30,6 +30,20 @@ HEAVY_MODULES = (
     "torchmetrics",
     "datasets",  # data=hf imports it when it opens a data set
     "transformers",
+    "timm",
+    "open_clip",
+)
+# What only the pretrained presets import (encoder/<modality>=hf, timm, open_clip). Not
+# transformers itself: torchmetrics imports it (for its BERTScore) whenever it is installed.
+PRETRAINED_MODULES = (
+    "timm",
+    "open_clip",
+    "safetensors",
+    "transformers.models.bert.modeling_bert",
+    "transformers.models.clip.modeling_clip",
+    "mmtrain.encoders.hf",
+    "mmtrain.encoders.timm_image",
+    "mmtrain.encoders.openclip",
 )
 
 
@@ -103,6 +117,39 @@ def test_help_and_config_composition_import_no_torch(scratch):
     assert result["heavy"] == [], f"imported without need: {result['heavy']}"
     codes = result["codes"]
     assert codes[:3] == [0, None, 0] and 0 not in codes[3:5] and codes[5] is None, result
+
+
+_RUN_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    watched = json.loads(sys.argv[1])
+    argv = json.loads(sys.argv[2])
+    import mmtrain.cli
+    try:
+        mmtrain.cli.main(argv)
+    except SystemExit as exit_:
+        assert not exit_.code, exit_.code
+    print(json.dumps([m for m in watched if m in sys.modules]))
+    """
+)
+
+
+def test_a_run_without_pretrained_presets_imports_none_of_their_libraries(scratch, tiny_data):
+    """timm, open_clip and transformers' models are imported only when a preset uses them: a
+    default fit never loads them."""
+    from conftest import QUIET, TINY_DATA
+
+    run_dir = scratch["out"] / "plain"
+    fit = ["fit", *TINY_DATA, *QUIET, "debug=fdr", f"hydra.run.dir={run_dir}"]
+    proc = run_mmtrain(
+        [_RUN_SCRIPT, json.dumps(PRETRAINED_MODULES), json.dumps(fit)],
+        scratch["cwd"],
+        scratch["data"],
+        scratch["out"],
+        command=[sys.executable, "-c"],
+    )
+    assert proc.returncode == 0, explain_run(proc)
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
 
 
 def test_stage_help_lists_the_config_groups(scratch):
