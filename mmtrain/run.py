@@ -29,6 +29,8 @@ from mmtrain.utils.hub import materialize
 log = logging.getLogger(__name__)
 # Raised inside Lightning on every run with torch >= 2.10; nothing a user can act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+# Frozen encoders stay in eval mode on purpose (FreezableEncoder): Lightning's notice is noise.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start")
 
 # What a checkpoint defines: the model and the data it was trained on (vocabulary, classes).
 MODEL_KEYS = (
