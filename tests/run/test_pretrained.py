@@ -191,3 +191,35 @@ def test_a_compiled_pretrained_tower_trains_to_the_eager_losses(
     assert compiled["train/loss"] == pytest.approx(eager["train/loss"], rel=1e-4, abs=1e-4)
     keys = torch.load(tmp_path / "c/checkpoints/last.ckpt", weights_only=True)["state_dict"]
     assert not any("_orig_mod" in k for k in keys)
+
+
+@pytest.mark.parametrize(
+    "towers",
+    [
+        ["encoder/image=hf", "encoder/text=hf", "encoder/audio=hf"],
+        ["encoder/image=timm", "encoder/text=open_clip", "~encoder/audio"],
+        ["encoder/image=open_clip", "~encoder/text", "~encoder/audio"],
+    ],
+    ids=["hf", "timm+open_clip_text", "open_clip_image"],
+)
+def test_manifest_label_takes_pretrained_towers_by_override(
+    towers: list[str], model_store: Path, tmp_path: Path
+) -> None:
+    """experiment=manifest_label on your own files, with pretrained towers swapped in on the
+    command line: their preprocessing replaces the manifest preset's (size: auto...)."""
+    from helpers.manifest import write_manifests
+
+    files = write_manifests(tmp_path / "manifest")
+    cfg = compose_cfg(
+        "experiment=manifest_label",
+        f"data.train={files['train']}",
+        f"data.val={files['val']}",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "debug=fdr",
+        *towers,
+        *QUIET,
+        output_dir=tmp_path / "run",
+    )
+    metrics = run("fit", cfg)
+    assert "val/label/accuracy" in metrics and torch.isfinite(torch.tensor(metrics["train/loss"]))
