@@ -64,6 +64,11 @@ def _same(given: Any, model: Any) -> bool:
     return str(given) == str(model)
 
 
+# Preprocessing keys where the model's value is a maximum: a smaller one on the command line is
+# kept (texts truncated at 128 tokens for a model that reads 512).
+UPPER_BOUNDS = ("max_length",)
+
+
 def follow_models(cfg: DictConfig) -> DictConfig:
     """``cfg.data`` with the preprocessing of each pretrained encoder's model: its image size,
     resize, crop and mean/std, its tokenizer, its feature extractor (the encoder class's
@@ -71,7 +76,7 @@ def follow_models(cfg: DictConfig) -> DictConfig:
 
     Raises:
         MMTrainError: when a ``data.<modality>.*`` value set on the command line contradicts
-            the model's, naming both.
+            the model's, naming both (a ``max_length`` below the model's is kept).
     """
     data = cfg.data.copy()
     given = _command_line("data.")
@@ -91,6 +96,9 @@ def follow_models(cfg: DictConfig) -> DictConfig:
             raise MMTrainError(said if said.startswith(key) else f"{key}: {said}") from None
         for key, value in wanted.items():
             path = f"data.{modality}.{key}"
+            bounded = key in UPPER_BOUNDS and isinstance(given.get(path), int)
+            if bounded and given[path] <= value:
+                continue  # a shorter max_length than the model's is a choice, not a contradiction
             if path in given and not _same(given[path], value):
                 raise MMTrainError(
                     f"{path}={given[path]} contradicts encoder.{modality}.model_name_or_path="

@@ -223,3 +223,26 @@ def test_manifest_label_takes_pretrained_towers_by_override(
     )
     metrics = run("fit", cfg)
     assert "val/label/accuracy" in metrics and torch.isfinite(torch.tensor(metrics["train/loss"]))
+
+
+def test_the_model_sets_the_inputs_preprocessing_and_a_shorter_max_length_is_kept(
+    model_store: Path,
+) -> None:
+    """follow_models writes the tower's preprocessing into data.<modality>; a command-line
+    max_length below the model's limit is a choice, one above it a contradiction."""
+    from mmtrain.build import follow_models
+    from mmtrain.errors import MMTrainError
+
+    data = follow_models(compose_cfg("encoder/image=hf", "encoder/text=hf"))
+    processor = model_store / "openai/clip-vit-base-patch16/preprocessor_config.json"
+    clip = json.loads(processor.read_text())
+    assert data.image.size == clip["crop_size"]["height"]
+    assert list(data.image.mean) == pytest.approx(clip["image_mean"])
+    assert data.image.resize == "shortest" and data.image.interpolation == "bicubic"
+    assert data.text.tokenizer == str(model_store / "google-bert/bert-base-uncased")
+    limit = data.text.max_length
+
+    shorter = follow_models(compose_cfg("encoder/text=hf", f"data.text.max_length={limit - 1}"))
+    assert shorter.text.max_length == limit - 1
+    with pytest.raises(MMTrainError, match=rf"data.text.max_length={limit + 1} contradicts"):
+        follow_models(compose_cfg("encoder/text=hf", f"data.text.max_length={limit + 1}"))
