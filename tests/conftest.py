@@ -119,15 +119,20 @@ def _mmtrain_env(session_dirs: dict[str, Path]) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def model_store(session_dirs: dict[str, Path]) -> Iterator[Path]:
-    """Tiny random models under the ids the pretrained presets and experiments name, found
-    through ``MMTRAIN_MODEL_DIR`` (as a user's model store): see helpers/model_store.py."""
+def model_store_folder(session_dirs: dict[str, Path]) -> Path:
+    """Tiny random models under the ids the pretrained presets and experiments name (see
+    helpers/model_store.py), written once per session."""
     from helpers.model_store import write_model_store
 
-    store = write_model_store(session_dirs["data"].parent / "models")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MMTRAIN_MODEL_DIR", str(store))
-        yield store
+    return write_model_store(session_dirs["data"].parent / "models")
+
+
+@pytest.fixture
+def model_store(model_store_folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The tiny models' store, found through ``MMTRAIN_MODEL_DIR`` (as a user's model store)
+    in this test only: elsewhere a preset's model id is not available offline."""
+    monkeypatch.setenv("MMTRAIN_MODEL_DIR", str(model_store_folder))
+    return model_store_folder
 
 
 LOOPBACK = {None, "", "localhost", "127.0.0.1", "::1", "0.0.0.0"}

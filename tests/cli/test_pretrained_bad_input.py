@@ -109,18 +109,22 @@ def _cases(models: dict[str, Path]) -> dict[str, tuple[list[str], list[str], str
 
 @pytest.fixture(scope="module")
 def bad(
-    model_store: Path, tmp_path_factory: pytest.TempPathFactory, session_dirs: dict[str, Path]
+    model_store_folder: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    session_dirs: dict[str, Path],
 ) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("pretrained_bad")
     models = _bad_models(tmp / "models")
     cases = _cases(models)
-    folders = [str(model_store), str(tmp / "models")]
+    folders = [str(model_store_folder), str(tmp / "models")]
     before = {folder: digest(Path(folder)) for folder in folders}
     argv = [
         {"name": name, "argv": ["fit", *TINY_DATA, *QUIET, *overrides], "snapshot": folders}
         for name, (overrides, _, _) in cases.items()
     ]
-    results, escaped = run_cases(argv, tmp, session_dirs["data"], tmp / "outputs")
+    with pytest.MonkeyPatch.context() as mp:  # the presets' ids resolve to the tiny models
+        mp.setenv("MMTRAIN_MODEL_DIR", str(model_store_folder))
+        results, escaped = run_cases(argv, tmp, session_dirs["data"], tmp / "outputs")
     return {"results": results, "cases": cases, "before": before, "escaped": escaped}
 
 
