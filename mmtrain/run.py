@@ -206,7 +206,7 @@ def use_stored_models(cfg: DictConfig, models: dict[str, dict[str, bytes]], fold
             continue
         no_weights = getattr(get_object(node._target_), "NO_WEIGHTS", False)
         with open_dict(node):
-            if files:  # a plain timm or open_clip name needs no files: the name rebuilds it
+            if files:  # a plain timm name needs no files: the name rebuilds it
                 node.model_name_or_path = str(materialize(files, folder / path).resolve())
             node.pretrained = no_weights
 

@@ -16,8 +16,9 @@ class UncertaintyWeighting(LossWeighting):
     weights. For a fixed loss ``L_i`` the total is smallest at ``s_i = log L_i``, i.e. weight
     ``1 / L_i``: noisier (larger-loss) tasks are down-weighted, and the ``+ s_i`` term keeps
     the weights from collapsing to 0. The ``s_i`` are parameters of the model, trained by its
-    optimizer (with its weight decay: set ``optimizer.weight_decay=0`` for the exact objective
-    if that matters to you). The total can be negative; only its gradient matters.
+    optimizer (without weight decay: they are a vector, which ``model.no_decay`` leaves out;
+    with ``model.no_decay=false`` they get the optimizer's). The total can be negative; only
+    its gradient matters.
 
     Args:
         names: the task names (wired by build.py).
