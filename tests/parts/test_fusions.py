@@ -252,3 +252,34 @@ def test_film_identity_without_conditioning_and_fallback_without_target():
         cond = sum(fusion.cond_proj[m](feats[m].pooled()) for m in ("text", "audio"))
     assert without_target.tokens.shape == (BATCH, 1, fusion.out_dim)
     torch.testing.assert_close(without_target.tokens[:, 0], cond)
+
+
+@pytest.mark.parametrize("name", ["perceiver", "qformer"])
+def test_token_compressors_give_num_queries_tokens_and_ignore_padding(name):
+    """Perceiver resampler and Q-Former: 48 image tokens and 10 text tokens become
+    ``num_queries`` tokens without a mask; padded text tokens (whatever they hold) change
+    nothing, and a sample whose every token is masked still gives finite queries."""
+    from mmtrain.fusions.perceiver import PerceiverFusion
+    from mmtrain.fusions.qformer import QFormerFusion
+
+    torch.manual_seed(0)
+    cls = {"perceiver": PerceiverFusion, "qformer": QFormerFusion}[name]
+    fusion = cls({"image": 24, "text": 16}, dim=32, num_queries=8, num_heads=4).eval()
+    image = torch.randn(3, 48, 24)
+    text = torch.randn(3, 10, 16)
+    mask = torch.ones(3, 10, dtype=torch.bool)
+    mask[1, 6:] = False  # sample 1: 6 real text tokens, 4 padded
+    out = fusion({"image": Features(image, None), "text": Features(text, mask)})
+    assert out.tokens.shape == (3, 8, 32) and out.mask is None and fusion.out_dim == 32
+
+    noisy = text.clone()
+    noisy[1, 6:] = 100.0  # what padding holds does not matter
+    again = fusion({"image": Features(image, None), "text": Features(noisy, mask)})
+    torch.testing.assert_close(again.tokens, out.tokens)
+    shorter = fusion(
+        {"image": Features(image[1:2], None), "text": Features(text[1:2, :6], mask[1:2, :6])}
+    )
+    torch.testing.assert_close(shorter.tokens, out.tokens[1:2], rtol=1e-5, atol=1e-5)
+
+    nothing = fusion({"text": Features(text, torch.zeros(3, 10, dtype=torch.bool))})
+    assert torch.isfinite(nothing.tokens).all()
