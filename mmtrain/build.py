@@ -173,15 +173,18 @@ def encoder_facts(facts: dict[str, Any], modality: str) -> dict[str, Any]:
     return dict(facts.get("inputs", {}).get(modality) or {})
 
 
-def _pretrained_logit_scale(encoders: dict[str, Any]) -> dict[str, float]:
-    """``{"logit_scale": value}`` when the encoders that report a pretrained logit scale (CLIP
-    towers with ``output: projected``) agree on one; ``{}`` otherwise."""
-    scales = {
-        float(e.logit_scale)
-        for e in encoders.values()
-        if getattr(e, "logit_scale", None) is not None
-    }
-    return {"logit_scale": scales.pop()} if len(scales) == 1 else {}
+def _pretrained_logits(encoders: dict[str, Any], params: Any) -> dict[str, float]:
+    """``{"logit_scale": value, "logit_bias": value}`` of the pretrained towers (CLIP and
+    SigLIP with ``output: projected``), each when the towers that report it agree on one and
+    the head takes it."""
+    wired = {}
+    for name in ("logit_scale", "logit_bias"):
+        values = {
+            float(getattr(e, name)) for e in encoders.values() if getattr(e, name, None) is not None
+        }
+        if name in params and len(values) == 1:
+            wired[name] = values.pop()
+    return wired
 
 
 def build_module(
@@ -228,8 +231,8 @@ def build_module(
             )
         # A head reading the encoders' own features (retrieval) gets their widths instead.
         width = {"in_dims": in_dims} if "in_dims" in params else {"in_dim": int(fusion.out_dim)}
-        if "logit_scale" in params and "logit_scale" not in node:  # pretrained CLIP towers
-            wired |= _pretrained_logit_scale(encoders)
+        # pretrained CLIP/SigLIP towers: the head starts from their logit scale (and bias)
+        wired |= {k: v for k, v in _pretrained_logits(encoders, params).items() if k not in node}
         head = safe_instantiate(node, f"head.{task}", extra, **width, **wired)
         heads[task] = follows(head, Head, f"head.{task}")
     weighting = safe_instantiate(cfg.loss_weighting, "loss_weighting", extra, names=list(heads))

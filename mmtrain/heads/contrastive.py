@@ -19,6 +19,8 @@ from torch import Tensor, nn
 
 from mmtrain.contracts import Features
 
+LOSSES = ("infonce", "sigmoid")
+
 
 def gather_with_grad(x: Tensor) -> Tensor:
     """Concatenate ``x`` from every DDP rank along dim 0, keeping the autograd graph.
@@ -107,6 +109,51 @@ def clip_loss(
     targets = positive / positive.sum(dim=1, keepdim=True)  # rows sum to 1
     # cross_entropy with probability targets: -(targets * log_softmax).sum(1).mean()
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+def sigmoid_loss(
+    image_emb: Tensor,
+    text_emb: Tensor,
+    logit_scale: Tensor,
+    logit_bias: Tensor,
+    image_ids: Tensor | None = None,
+) -> Tensor:
+    """SigLIP's pairwise sigmoid loss (Zhai et al., 2023) over the batch gathered from every
+    rank: each (image, text) pair of the ``(N, N)`` matrix is a binary decision, positive when
+    both show the same image (``image_ids``; without them, the diagonal),
+    ``-sum_ij log sigmoid(z_ij * (exp(logit_scale) * cos_ij + logit_bias)) / N`` with
+    ``z_ij = +1`` for a positive pair and ``-1`` otherwise. The sum is the one SigLIP's
+    chunked implementation computes across devices; gathering gives the same value and, as
+    for :func:`clip_loss`, the single-process gradient under DDP.
+
+    Args:
+        image_emb: ``(B, E)`` local image embeddings (not necessarily normalised).
+        text_emb: ``(B, E)`` local text embeddings of the same pairs.
+        logit_scale: scalar tensor, the log of the multiplier of the cosines.
+        logit_bias: scalar tensor, the bias added to every logit.
+        image_ids: ``(B,)`` integer image id of each pair, or ``None``.
+
+    Returns:
+        The scalar loss.
+
+    Raises:
+        ValueError: for shapes that do not match.
+    """
+    if image_emb.ndim != 2 or image_emb.shape != text_emb.shape:
+        raise ValueError(
+            "image_emb and text_emb must both be (B, E), got "
+            f"{tuple(image_emb.shape)} and {tuple(text_emb.shape)}"
+        )
+    images = gather_with_grad(F.normalize(image_emb, dim=-1))  # (N, E)
+    texts = gather_with_grad(F.normalize(text_emb, dim=-1))  # (N, E)
+    logits = logit_scale.exp().reshape(()) * images @ texts.T + logit_bias.reshape(())
+    if image_ids is None:
+        positive = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
+    else:
+        ids = gather_with_grad(image_ids)  # (N,)
+        positive = ids.unsqueeze(0) == ids.unsqueeze(1)  # (N, N)
+    signs = positive.to(logits.dtype) * 2 - 1  # +1 positive, -1 negative
+    return -F.logsigmoid(signs * logits).sum() / logits.shape[0]
 
 
 class ContrastiveProjection(nn.Module):
@@ -220,11 +267,15 @@ class ContrastiveHead(nn.Module):
             their zero-shot ability at step 0); their widths must then be equal.
         logit_scale: the starting log scale (wired by build.py from pretrained towers that
             report one, e.g. CLIP's learned ``logit_scale``); None starts from
-            ``init_temperature``.
+            ``init_temperature`` (``loss: sigmoid``: from SigLIP's scale of 10).
+        loss: ``infonce`` (CLIP's :func:`clip_loss`) or ``sigmoid`` (SigLIP's
+            :func:`sigmoid_loss`, with a learned bias).
+        logit_bias: with ``loss: sigmoid``, the starting bias (wired by build.py from SigLIP
+            towers that report one); None starts from SigLIP's -10.
 
     Raises:
-        ValueError: for other than two modalities, one without an encoder, or towers of
-            different widths without a projection.
+        ValueError: for other than two modalities, one without an encoder, towers of
+            different widths without a projection, or an unknown ``loss``.
     """
 
     unfused = True  # gets the encoders' features, not the fusion's (contracts.Head)
@@ -239,6 +290,8 @@ class ContrastiveHead(nn.Module):
         ks: list[int] = (1, 5, 10),
         projection: bool = True,
         logit_scale: float | None = None,
+        loss: str = "infonce",
+        logit_bias: float | None = None,
     ) -> None:
         super().__init__()
         modalities = list(modalities)
@@ -261,8 +314,15 @@ class ContrastiveHead(nn.Module):
                 for m in modalities
             }
         )
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if logit_scale is None and loss == "sigmoid":
+            logit_scale = math.log(10.0)  # SigLIP's start: scale 10, bias -10
         temperature = init_temperature if logit_scale is None else math.exp(-logit_scale)
         self.logit_scale = LogitScale(temperature)
+        # SigLIP's learned bias (the sigmoid loss only): the towers' pretrained one, else -10.
+        start = -10.0 if logit_bias is None else float(logit_bias)
+        self.logit_bias = nn.Parameter(torch.tensor(start)) if loss == "sigmoid" else None
         self.ks = tuple(ks)
 
     @staticmethod
@@ -286,6 +346,10 @@ class ContrastiveHead(nn.Module):
 
     def loss(self, outputs: Tensor, target: Tensor, target_mask: Tensor | None = None) -> Tensor:
         """:func:`clip_loss` of the two towers' embeddings; ``target``: the image ids."""
+        if self.logit_bias is not None:  # loss: sigmoid
+            return sigmoid_loss(
+                outputs[:, 0], outputs[:, 1], self.logit_scale(), self.logit_bias, target
+            )
         return clip_loss(
             outputs[:, 0], outputs[:, 1], self.logit_scale(), target, self.logit_scale.max_scale
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import pytest
 import torch
 from conftest import QUIET, TINY_DATA
 
@@ -68,3 +69,44 @@ def test_coco_retrieval_mode_pairs_every_caption_with_its_image(tmp_path) -> Non
     item = pairs[1]
     assert item["text"] == item["caption"] and set(item) >= {"id", "image", "text"}
     assert pairs.values("text") == [pairs[i]["caption"] for i in range(len(pairs))]
+
+
+def test_sigmoid_loss_by_hand_and_a_siglip_tower_wires_its_bias(tmp_path) -> None:
+    """SigLIP's pairwise sigmoid loss equals the sum over every (image, text) pair computed by
+    hand, texts of the same image counting as positives; a head with ``loss: sigmoid`` on
+    SigLIP towers (``output: projected``) starts from their logit scale and bias."""
+    import math
+
+    from conftest import compose_cfg
+
+    from mmtrain.heads.contrastive import sigmoid_loss
+
+    torch.manual_seed(0)
+    images, texts = torch.randn(4, 5), torch.randn(4, 5)
+    scale, bias = torch.tensor(math.log(7.0)), torch.tensor(-2.5)
+    ids = torch.tensor([0, 1, 1, 2])  # texts 1 and 2 describe the same image
+    want = 0.0
+    for i in range(4):
+        for j in range(4):
+            cos = torch.nn.functional.cosine_similarity(images[i], texts[j], dim=0)
+            z = 1.0 if ids[i] == ids[j] else -1.0
+            want += -math.log(1 / (1 + math.exp(-z * (7.0 * float(cos) + -2.5))))
+    got = sigmoid_loss(images, texts, scale, bias, ids)
+    assert float(got) == pytest.approx(want / 4, rel=1e-5)
+    diagonal = sigmoid_loss(images, texts, scale, bias)  # no ids: the diagonal only
+    assert float(diagonal) != pytest.approx(float(got))
+
+    from helpers.tiny_hf import tiny_siglip
+
+    folder = tiny_siglip(tmp_path / "siglip")
+    cfg = compose_cfg(
+        "experiment=coco_retrieval_clip",
+        f"encoder.image.model_name_or_path={folder}",
+        f"encoder.text.model_name_or_path={folder}",
+        "head.retrieval.loss=sigmoid",
+    )
+    module = build_module(cfg, {"inputs": {"text": {"vocab_size": 10, "pad_id": 0}}})
+    head, tower = module.heads["retrieval"], module.encoders["image"]
+    assert tower.logit_bias is not None
+    assert float(head.logit_bias.detach()) == pytest.approx(tower.logit_bias)
+    assert float(head.logit_scale()) == pytest.approx(tower.logit_scale)
