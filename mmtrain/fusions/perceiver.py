@@ -27,6 +27,20 @@ def joined_tokens(embed: ConcatFusion, features: dict[str, Features]) -> tuple[T
     return x * real.unsqueeze(-1).to(x.dtype), ignore
 
 
+def check_sizes(dim: int, num_queries: int, num_layers: int, num_heads: int, ff_mult: int) -> None:
+    """The sizes of a token compressor (this resampler, the Q-Former).
+
+    Raises:
+        ValueError: for a non-positive size, or ``num_heads`` not dividing ``dim``.
+    """
+    if min(dim, num_queries, num_layers, num_heads, ff_mult) < 1 or dim % num_heads:
+        raise ValueError(
+            "need positive sizes and num_heads dividing dim, got "
+            f"dim={dim}, num_queries={num_queries}, num_layers={num_layers}, "
+            f"num_heads={num_heads}, ff_mult={ff_mult}"
+        )
+
+
 class PerceiverLayer(nn.Module):
     """One resampler layer: the latents attend to ``[media tokens; latents]`` (Flamingo's
     keys include the latents themselves), then a feed-forward block; pre-norm, residual.
@@ -97,12 +111,7 @@ class PerceiverFusion(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        if min(dim, num_queries, num_layers, num_heads, ff_mult) < 1 or dim % num_heads:
-            raise ValueError(
-                "need positive sizes and num_heads dividing dim, got "
-                f"dim={dim}, num_queries={num_queries}, num_layers={num_layers}, "
-                f"num_heads={num_heads}, ff_mult={ff_mult}"
-            )
+        check_sizes(dim, num_queries, num_layers, num_heads, ff_mult)
         self.embed = ConcatFusion(in_dims, dim)
         self.latents = nn.Parameter(0.02 * torch.randn(num_queries, dim))
         self.layers = nn.ModuleList(

@@ -12,7 +12,7 @@ from torch import nn
 
 from mmtrain.contracts import Features
 from mmtrain.fusions.concat import ConcatFusion
-from mmtrain.fusions.perceiver import joined_tokens
+from mmtrain.fusions.perceiver import check_sizes, joined_tokens
 
 
 class QFormerFusion(nn.Module):
@@ -53,12 +53,7 @@ class QFormerFusion(nn.Module):
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
-        if min(dim, num_queries, num_layers, num_heads, ff_mult) < 1 or dim % num_heads:
-            raise ValueError(
-                "need positive sizes and num_heads dividing dim, got "
-                f"dim={dim}, num_queries={num_queries}, num_layers={num_layers}, "
-                f"num_heads={num_heads}, ff_mult={ff_mult}"
-            )
+        check_sizes(dim, num_queries, num_layers, num_heads, ff_mult)
         self.embed = ConcatFusion(in_dims, dim)
         self.queries = nn.Parameter(0.02 * torch.randn(num_queries, dim))
         self.norm = nn.LayerNorm(dim)  # BERT's embedding norm, on the queries

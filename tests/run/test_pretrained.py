@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIG_DIR, QUIET, TINY_DATA, compose_cfg
+from conftest import CONFIG_DIR, QUIET, TINY_DATA, compose_cfg, fresh_synth_facts
 from helpers.model_store import TINY_MODELS, config_model_ids
 
 from mmtrain.contracts import CHECKPOINT_KEY
@@ -246,3 +246,17 @@ def test_the_model_sets_the_inputs_preprocessing_and_a_shorter_max_length_is_kep
     assert shorter.text.max_length == limit - 1
     with pytest.raises(MMTrainError, match=rf"data.text.max_length={limit + 1} contradicts"):
         follow_models(compose_cfg("encoder/text=hf", f"data.text.max_length={limit + 1}"))
+
+
+def test_paths_model_dir_is_searched_for_model_ids(model_store_folder: Path) -> None:
+    """``paths.model_dir`` alone (no MMTRAIN_MODEL_DIR) finds the presets' ids: for the
+    preprocessing of the data and for the tower itself."""
+    from mmtrain.build import build_module, follow_models
+
+    cfg = compose_cfg("encoder/image=hf", "~encoder/audio", f"paths.model_dir={model_store_folder}")
+    assert follow_models(cfg).image.resize == "shortest"
+    module = build_module(cfg, fresh_synth_facts())
+    assert (
+        module.encoders["image"].model_files["config.json"]
+        == (model_store_folder / "openai/clip-vit-base-patch16/config.json").read_bytes()
+    )
