@@ -25,6 +25,12 @@ SPLITS = ("train", "val", "test")  # the splits of every data set
 REFERENCES = "_references"  # batch[<task> + REFERENCES]: the reference strings of text targets
 FEATURES = "_features"  # batch[<modality> + FEATURES]: cached features (B, D, T) in its place
 CHECKPOINT_KEY = "mmtrain"  # checkpoint[CHECKPOINT_KEY] = {"config": yaml, "data": state}
+# Causal-LM targets (``head/<task>=causal_lm``): in token ids, the position where the fused
+# feature tokens go (an ``<image>`` placeholder; LLaVA's IMAGE_TOKEN_INDEX); in labels, the
+# positions not trained on (prompt, features, padding; PyTorch's and HF's ignore_index).
+FEATURE_TOKEN = -200
+IGNORE_INDEX = -100
+PLACEHOLDER = "<image>"  # the placeholder in prompts and conversations
 
 
 class Features(NamedTuple):
@@ -131,6 +137,36 @@ class Tokenizer(Protocol):
 
     @property
     def vocab_size(self) -> int: ...
+
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+
+@runtime_checkable
+class ChatTokenizer(Protocol):
+    """What a causal-LM head uses of its target's tokenizer (``LMTokenizer``, wired by
+    build.py): the LM's own tokenizer with its chat template (or mmtrain's fallback template
+    for a base LM without one). Heads depend on this, not on ``mmtrain.data``.
+
+    A causal-LM target's batch carries, for task ``T``: ``T (B, L)`` the conversation's ids,
+    right-padded with ``pad_id``, with :data:`FEATURE_TOKEN` where the fused features go;
+    ``T_mask (B, L)``; ``T_labels (B, L)`` the ids to predict, :data:`IGNORE_INDEX` elsewhere;
+    ``T_prompt (B, P)`` the generation prompt (the conversation up to its last answer, ending
+    with the assistant's turn opening), left-padded, and ``T_prompt_mask (B, P)``;
+    ``T_references``: the reference answers of the last turn.
+    """
+
+    pad_id: int
+    eos_id: int
+    stop_ids: list[int]  # ids that end an answer (end of text, the template's end of turn)
+    max_length: int  # the LM's context: most ids of a conversation, feature positions excluded
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def hf_tokenizer(self) -> Any: ...  # the transformers tokenizer (generate's stop strings)
+
+    def prompt_ids(self, prompt: str, features: bool = True) -> list[int]: ...
 
     def decode(self, ids: Iterable[int]) -> str: ...
 

@@ -85,12 +85,19 @@ def optional_kwargs(dataset: Callable[..., Dataset] | None, inputs: dict[str, An
     return {"optional": optional} if "optional" in params else {}
 
 
+def columns_of(name: str, part: Any) -> list[str]:
+    """The data set columns that ``part`` (an input or target named ``name``) reads: its
+    ``columns`` (a target's: its task's, then any other its prompt needs), else ``[name]``
+    (a target that does not say)."""
+    return list(getattr(part, "columns", None) or [name])
+
+
 def training_column(dataset: Any, name: str, part: Any) -> Column:
     """The training values that ``part`` (an input or target named ``name``) is fitted on:
     its column(s) in ``dataset``, raw (``values``) or decoded (``decoded(n)``: ``n`` samples
     spread over the split; bad samples are left out, their loading reports them), and the
     class names the data set declares for it."""
-    columns = getattr(part, "columns", [name])
+    columns = columns_of(name, part)
     read = getattr(part, "read", None) or (lambda item: item.get(name))
 
     def values() -> list[Any]:
@@ -282,6 +289,12 @@ class MultimodalDataModule(pl.LightningDataModule):
         """The data set columns that the inputs read."""
         return list(dict.fromkeys(c for i in self.inputs.values() for c in i.columns))
 
+    def target_columns(self, tasks: list[str] | None = None) -> list[str]:
+        """The data set columns that the targets of ``tasks`` (all when None) read: each
+        task's own, then any other its target reads (a causal-LM target's prompt column)."""
+        tasks = self.tasks if tasks is None else tasks
+        return list(dict.fromkeys(c for t in tasks for c in columns_of(t, self.targets[t])))
+
     # ---- Lightning hooks ------------------------------------------------------------------
     def prepare_data(self) -> None:
         """Run the data set's own ``prepare_data`` (generation, download) once."""
@@ -307,7 +320,8 @@ class MultimodalDataModule(pl.LightningDataModule):
         if not all(part.fitted for part in self.parts.values()):  # a restored state needs none
             splits.add("train")
         for split in sorted(splits - set(self.datasets)):
-            self.datasets[split] = self.open(split, self.input_columns() + self.tasks)
+            columns = list(dict.fromkeys(self.input_columns() + self.target_columns()))
+            self.datasets[split] = self.open(split, columns)
             self._check_columns(self.datasets[split], split)
         if "train" in splits:
             self.fit(self.datasets["train"])
@@ -329,11 +343,13 @@ class MultimodalDataModule(pl.LightningDataModule):
         path = getattr(dataset, "path", None)
         where = f"in the {split} split" + (f" ({path})" if path is not None else "")
         for task in self.tasks:
-            if task not in columns:
-                raise MMTrainError(
-                    f"head/{task} needs a {task!r} column, but the data has {columns} {where}; "
-                    f"remove the task with ~head/{task}"
-                )
+            for column in columns_of(task, self.targets[task]):
+                if column not in columns:
+                    key = "" if column == task else f" (data.targets.{task} reads it)"
+                    raise MMTrainError(
+                        f"head/{task} needs a {column!r} column{key}, but the data has "
+                        f"{columns} {where}; remove the task with ~head/{task}"
+                    )
         for modality, part in self.inputs.items():
             for column in part.columns:
                 if column not in columns:
@@ -394,7 +410,8 @@ class MultimodalDataModule(pl.LightningDataModule):
         if stores:  # the cached modalities are not loaded: their features come from the cache
             columns = [
                 c for m, part in self.inputs.items() if m not in stores for c in part.columns
-            ] + self.tasks
+            ]
+            columns = list(dict.fromkeys(columns + self.target_columns()))
             raw = CachedFeaturesDataset(self.open(split, columns), stores)
         return self._make_loader(raw, split, train)
 

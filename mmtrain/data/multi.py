@@ -36,6 +36,7 @@ from mmtrain.contracts import SPLITS, Batch, Column
 from mmtrain.data.datamodule import (
     SPLIT_OF_STAGE,
     MultimodalDataModule,
+    columns_of,
     optional_kwargs,
     signature_with,
     split_kwargs,
@@ -268,17 +269,22 @@ class MultiDataModule(MultimodalDataModule):
                 )
             return dataset
         tasks = [t for t in self.tasks if source.tasks is None or t in source.tasks]
-        wanted = self.input_columns() + tasks
+        wanted = list(dict.fromkeys(self.input_columns() + self.target_columns(tasks)))
         dataset = source.dataset(split=split, columns=wanted, **kwargs)
         has = getattr(dataset, "columns", None)
         if has is not None and not set(wanted) <= set(has):
-            listed = [t for t in tasks if t not in has and source.tasks is not None]
+            # a task is fed where all its target's columns are (a prompt column too)
+            fed = [t for t in tasks if set(columns_of(t, self.targets[t])) <= set(has)]
+            listed = [t for t in tasks if t not in fed and source.tasks is not None]
             if listed:
+                task = listed[0]
+                lacking = [c for c in columns_of(task, self.targets[task]) if c not in has]
                 raise MMTrainError(
                     f"data.sources.{name}.tasks lists {listed}, but its {split} split has no "
-                    f"such column ({has})"
+                    f"{lacking} column ({has})"
                 )
-            wanted = [c for c in wanted if c in has]
+            inputs = [c for c in self.input_columns() if c in has]
+            wanted = list(dict.fromkeys(inputs + self.target_columns(fed)))
             dataset = source.dataset(split=split, columns=wanted, **kwargs)
         if not any(t in wanted for t in self.tasks) and self.tasks:
             log.warning("data.sources.%s feeds none of the tasks %s: left out", name, self.tasks)
@@ -324,7 +330,7 @@ class MultiDataModule(MultimodalDataModule):
     def column(self, dataset: Any, name: str, part: Any) -> Column:
         """What ``part`` is fitted on: its column(s) in every training split that loads them
         (``dataset``: ``{source: training split}``)."""
-        columns = getattr(part, "columns", [name])
+        columns = columns_of(name, part)
         parts = [
             super(MultiDataModule, self).column(split, name, part)
             for source, split in dataset.items()

@@ -9,8 +9,9 @@ head needs and writes predictions in the task's official format
 
 from mmtrain.data.targets.answers import AnswersTarget
 from mmtrain.data.targets.base import Target
+from mmtrain.data.targets.chat import ChatTarget
 from mmtrain.data.targets.label import LabelTarget
 from mmtrain.data.targets.mask import MaskTarget
 from mmtrain.data.targets.text import TextTarget
 
-__all__ = ["AnswersTarget", "LabelTarget", "MaskTarget", "Target", "TextTarget"]
+__all__ = ["AnswersTarget", "ChatTarget", "LabelTarget", "MaskTarget", "Target", "TextTarget"]

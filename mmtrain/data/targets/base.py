@@ -41,6 +41,11 @@ class Target:
     bucketable = False  # has lengths() (token sequences)
 
     @property
+    def columns(self) -> list[str]:
+        """The data set columns it reads: its task's (a causal-LM target adds its prompt's)."""
+        return [self.name]
+
+    @property
     def fitted(self) -> bool:
         return True
 

@@ -104,20 +104,31 @@ class TextTarget(Target):
             return write_results(path, results, task, split, "image_id", "caption")
         if self.results == "jsonl":
             return super().write(rows, folder, split, normalize)
-        normalize = normalize or str
-        lines = []
-        for r in rows:  # as scored: the WER of the file is the logged one
-            reference = (r.get(f"{task}{REFERENCES}") or [None])[0]
-            lines.append(
-                {
-                    "id": r["id"],
-                    **({"source": r["source"]} if "source" in r else {}),
-                    "reference": None if reference is None else normalize(reference),
-                    "hypothesis": normalize(r[task]),
-                    "reference_raw": reference,
-                }
-            )
-        path = folder / f"{task}s_{split}.jsonl"
-        return write_lines(
-            path, lines, task, split, value_key="hypothesis", reference_key="reference"
+        return write_transcripts(rows, folder, split, task, normalize)
+
+
+def write_transcripts(
+    rows: list[dict[str, Any]],
+    folder: Path,
+    split: str,
+    task: str,
+    normalize: Callable[[str], str] | None = None,
+) -> PredictionFile:
+    """``<task>s_<split>.jsonl`` in ``folder``: ``{"id", "reference", "hypothesis",
+    "reference_raw"}`` a line, reference and hypothesis normalised by ``normalize`` (as they
+    were scored), the reference being the first of ``<task>_references``."""
+    normalize = normalize or str
+    lines = []
+    for r in rows:  # as scored: the WER of the file is the logged one
+        reference = (r.get(f"{task}{REFERENCES}") or [None])[0]
+        lines.append(
+            {
+                "id": r["id"],
+                **({"source": r["source"]} if "source" in r else {}),
+                "reference": None if reference is None else normalize(reference),
+                "hypothesis": normalize(r[task]),
+                "reference_raw": reference,
+            }
         )
+    path = folder / f"{task}s_{split}.jsonl"
+    return write_lines(path, lines, task, split, value_key="hypothesis", reference_key="reference")
