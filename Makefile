@@ -42,8 +42,9 @@ imports: install-dev                   ## the import boundaries of pyproject.tom
 docs: install-dev                      ## the documentation site (mkdocs.yml, docs/) into build/site, warnings are errors
 	$(BIN)/mkdocs build --strict --site-dir build/site
 
-bench: install-dev                     ## mmtrain vs plain PyTorch: overhead (also with an HF tower), start-up, data, feature cache (ARGS="--quick"); captioning: scripts/bench_caption.py
+bench: install-dev                     ## mmtrain vs plain PyTorch: overhead (also with an HF tower), start-up, data, feature cache; the LLM head: KV cache, checkpointing, LoRA (ARGS="--quick"); captioning: scripts/bench_caption.py
 	$(BIN)/python scripts/bench.py $(ARGS)
+	$(BIN)/python scripts/bench_llm.py $(filter --quick,$(ARGS))
 
 bench-gpu: install                     ## GPU: coco_caption ViT-B/16, eager vs compile: samples/s, MFU, memory, data wait (< 5 min; ARGS="--smoke" on a CPU)
 	$(BIN)/python scripts/bench_gpu.py $(ARGS)

@@ -69,45 +69,118 @@ def _same(given: Any, model: Any) -> bool:
 UPPER_BOUNDS = ("max_length",)
 
 
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"tokenizer": {"name_or_path": x}}`` -> ``{"tokenizer.name_or_path": x}``."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def follow_models(cfg: DictConfig) -> DictConfig:
-    """``cfg.data`` with the preprocessing of each pretrained encoder's model: its image size,
-    resize, crop and mean/std, its tokenizer, its feature extractor (the encoder class's
-    ``preprocessing``; see :class:`mmtrain.encoders.pretrained.PretrainedEncoder`).
+    """``cfg.data`` with the preprocessing of each pretrained part's model: an encoder's image
+    size, resize, crop and mean/std, its tokenizer, its feature extractor, into
+    ``data.<modality>``; a causal-LM head's tokenizer into ``data.targets.<task>`` (each part
+    class's ``preprocessing``; see :class:`mmtrain.encoders.pretrained.PretrainedEncoder`).
 
     Raises:
-        MMTrainError: when a ``data.<modality>.*`` value set on the command line contradicts
-            the model's, naming both (a ``max_length`` below the model's is kept).
+        MMTrainError: when a ``data.*`` value set on the command line contradicts the model's,
+            naming both (a ``max_length`` below the model's is kept).
     """
     data = cfg.data.copy()
     given = _command_line("data.")
-    for modality, node in (cfg.get("encoder") or {}).items():
+    parts = [(f"encoder.{m}", m, node) for m, node in (cfg.get("encoder") or {}).items()]
+    parts += [(f"head.{t}", f"targets.{t}", node) for t, node in (cfg.get("head") or {}).items()]
+    for key, section, node in parts:
         preprocessing = getattr(get_object(node._target_), "preprocessing", None)
-        if preprocessing is None or not OmegaConf.is_dict(data.get(modality)):
+        if preprocessing is None or not OmegaConf.is_dict(OmegaConf.select(data, section)):
             continue
         keys = dict(OmegaConf.to_container(node, resolve=True))
         keys.pop("_target_", None)
         keys.setdefault("model_dir", cfg.get("paths", {}).get("model_dir"))
         name = node.get("model_name_or_path")
         try:
-            wanted = preprocessing(**keys)
+            wanted = _flat(preprocessing(**keys))
         except ValueError as err:  # an unknown model name (with a did-you-mean), a bad folder
             said = str(err)
-            key = f"encoder.{modality}"
             raise MMTrainError(said if said.startswith(key) else f"{key}: {said}") from None
-        for key, value in wanted.items():
-            path = f"data.{modality}.{key}"
-            bounded = key in UPPER_BOUNDS and isinstance(given.get(path), int)
+        for field, value in wanted.items():
+            path = f"data.{section}.{field}"
+            last = field.rsplit(".", 1)[-1]
+            bounded = last in UPPER_BOUNDS and isinstance(given.get(path), int)
             if bounded and given[path] <= value:
                 continue  # a shorter max_length than the model's is a choice, not a contradiction
             if path in given and not _same(given[path], value):
                 raise MMTrainError(
-                    f"{path}={given[path]} contradicts encoder.{modality}.model_name_or_path="
-                    f"{name}, whose preprocessing has {key}={value}; drop the override (the "
+                    f"{path}={given[path]} contradicts {key}.model_name_or_path="
+                    f"{name}, whose preprocessing has {last}={value}; drop the override (the "
                     "model's preprocessing is used) or use another model"
                 )
             with open_dict(data):
-                data[modality][key] = value
+                OmegaConf.update(data, f"{section}.{field}", value, merge=True)
     return data
+
+
+def _takes(target: str) -> set[str] | None:
+    """The keyword arguments of the class ``target`` names (None: it takes any)."""
+    params = inspect.signature(get_object(target)).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params}
+
+
+def _retarget(node: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    """``node`` as the class of ``spec["_target_"]``: the keys that class takes; a nested node
+    of ``spec`` (the tokenizer) is ``spec``'s own unless ``node``'s is of its class already
+    (a word-level tokenizer's ``max_length`` counts words, not the LM's tokens)."""
+    old = OmegaConf.to_container(node, resolve=False) if OmegaConf.is_dict(node) else {}
+    takes = _takes(spec["_target_"])
+    out = {k: v for k, v in old.items() if k != "_target_" and (takes is None or k in takes)}
+    out["_target_"] = spec["_target_"]
+    for key, inner in spec.items():
+        if isinstance(inner, dict):
+            kept = old.get(key) if _matches(OmegaConf.create(old.get(key) or {}), inner) else None
+            out[key] = kept or dict(inner)
+    return out
+
+
+def _matches(node: Any, spec: dict[str, Any]) -> bool:
+    """Whether ``node`` and its nested nodes are of the classes ``spec`` names."""
+    if not OmegaConf.is_dict(node) or node.get("_target_") != spec["_target_"]:
+        return False
+    return all(_matches(node.get(k), v) for k, v in spec.items() if isinstance(v, dict))
+
+
+def task_targets(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with the target each head needs of its task, where its head class names one
+    (``TARGET``: a causal-LM head needs a ``ChatTarget`` with the LM's tokenizer).
+
+    A data preset's target for the task of another class (COCO's word-level caption target,
+    VQA's answer classes) becomes that class, keeping the keys it takes (``results``, a
+    ``prompt``) and dropping the others (``top_k``); its tokenizer becomes the LM's (the keys
+    of a word-level tokenizer mean other things), though ``data.targets.<task>.*`` given on
+    this command line still hold. So ``head/caption=causal_lm`` works on any caption data.
+    Run before the config is checked.
+    """
+    heads = cfg.get("head") or {}
+    for task, node in heads.items():
+        spec = getattr(get_object(node._target_), "TARGET", None) if node else None
+        if spec is None:
+            continue
+        current = OmegaConf.select(cfg, f"data.targets.{task}")
+        if _matches(current, spec):
+            continue
+        with open_dict(cfg):
+            if "targets" not in cfg.data or cfg.data.targets is None:
+                cfg.data.targets = {}
+            cfg.data.targets[task] = _retarget(current, spec)
+            prefix = f"data.targets.{task}."
+            for key, value in _command_line(prefix).items():  # this command line's still hold
+                OmegaConf.update(cfg, key, value, merge=True, force_add=True)
+    return cfg
 
 
 def build_datamodule(cfg: DictConfig) -> MultimodalDataModule:
@@ -233,6 +306,7 @@ def build_module(
         width = {"in_dims": in_dims} if "in_dims" in params else {"in_dim": int(fusion.out_dim)}
         # pretrained CLIP/SigLIP towers: the head starts from their logit scale (and bias)
         wired |= {k: v for k, v in _pretrained_logits(encoders, params).items() if k not in node}
+        wired |= _wired(node, {"model_dir": model_dir})  # an LM head's model id lookup
         head = safe_instantiate(node, f"head.{task}", extra, **width, **wired)
         heads[task] = follows(head, Head, f"head.{task}")
     weighting = safe_instantiate(cfg.loss_weighting, "loss_weighting", extra, names=list(heads))
@@ -244,9 +318,50 @@ def build_module(
     # The module's own options (modality dropout...) come from the `model` node when present.
     module = safe_instantiate(cfg.model, "model", extra) if cfg.get("model") else MultimodalModule
     try:
-        return module(encoders, fusion, heads, weighting, optimizer, scheduler, config_yaml)
+        model = module(encoders, fusion, heads, weighting, optimizer, scheduler, config_yaml)
     except ValueError as err:  # the module's own options, e.g. model.modality_dropout
         raise MMTrainError(f"model: {err}") from None
+    return _finish_module(model, cfg)
+
+
+def _bases(cfg: DictConfig) -> dict[str, dict[str, Any]]:
+    """``{config path: {"model", "revision", "module"}}`` of the pretrained parts loaded with
+    their weights: encoders with a ``model_name_or_path``, and causal-LM heads' LMs."""
+    bases = {}
+    groups = (("encoder", "encoders", ""), ("head", "heads", ".lm"))
+    for group, attr, inner in groups:
+        for name, node in (cfg.get(group) or {}).items():
+            no_weights = getattr(get_object(node._target_), "NO_WEIGHTS", None)
+            if not node.get("model_name_or_path") or node.get("pretrained") == no_weights:
+                continue
+            bases[f"{group}.{name}"] = {
+                "model": str(node.model_name_or_path),
+                "revision": node.get("revision"),
+                "module": f"{attr}.{name}{inner}",
+            }
+    return bases
+
+
+def _finish_module(model: MultimodalModule, cfg: DictConfig) -> MultimodalModule:
+    """Adapters (``peft``), then what trains (``phase``), then what checkpoints keep
+    (``model.save_frozen``); logs the trainable and total parameters of each part."""
+    from mmtrain.phase import format_table, parameter_table
+
+    extra = _allowed(cfg)
+    if cfg.get("peft"):
+        adapters = safe_instantiate(cfg.peft, "peft", extra)
+        counts = adapters.apply(model)
+        log.info("peft: LoRA adapters in %s", ", ".join(f"{p} ({n:,})" for p, n in counts.items()))
+    phase = safe_instantiate(cfg.phase, "phase", extra) if cfg.get("phase") else None
+    if phase is not None:
+        phase.apply(model)
+    if model.save_frozen is None:
+        model.save_frozen = phase.save_frozen if phase is not None else True
+    model.bases = _bases(cfg)
+    # a trimmed checkpoint lacks the bases' weights: resuming loads it over the built bases
+    model.strict_loading = bool(model.save_frozen or not model.bases)
+    log.info("parameters:\n%s", format_table(parameter_table(model)))
+    return model
 
 
 def _progress_bar() -> pl.callbacks.ProgressBar:

@@ -30,6 +30,7 @@ from mmtrain.optim import (
     param_groups,
     scale_groups,
 )
+from mmtrain.utils.base_weights import describe_base
 from mmtrain.utils.nonfinite import NonFiniteGuard, describe_parameters
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,18 @@ def _rows(batch: Batch) -> list[dict[str, Any]]:
     for row, source in zip(rows, batch.get("source", ())):
         row["source"] = source
     return rows
+
+
+def _extras(head: nn.Module, task: str, batch: Batch) -> dict[str, Tensor]:
+    """The batch keys ``<task>_<key>`` a head reads besides its target (its ``batch_keys``: a
+    causal-LM head's ``labels``, ``prompt`` and ``prompt_mask``), those the batch has."""
+    keys = getattr(head, "batch_keys", ())
+    return {k: batch[f"{task}_{k}"] for k in keys if f"{task}_{k}" in batch}
+
+
+def _prompts(extras: dict[str, Tensor]) -> dict[str, Tensor]:
+    """What ``predict`` reads of the extras: the generation prompts, not the labels."""
+    return {k: v for k, v in extras.items() if k != "labels"}
 
 
 class MultimodalModule(pl.LightningModule):
@@ -89,6 +102,10 @@ class MultimodalModule(pl.LightningModule):
         no_decay: no weight decay for biases and other vectors, normalisation layers and
             embeddings (``nn.Embedding``, ``pos_embed``, ``cls_token``, ``logit_scale``...);
             False: the optimizer's weight decay for every parameter.
+        save_frozen: False: checkpoints leave out the frozen weights of pretrained bases
+            (towers and LMs loaded with their weights) and record each base's model and
+            fingerprint instead (:mod:`mmtrain.utils.base_weights`); None: the phase's
+            choice (false for ``phase=align`` and ``lora``), True without a phase.
 
     Attributes:
         without: modalities left out of evaluation (robustness tests set it), as if absent.
@@ -114,6 +131,7 @@ class MultimodalModule(pl.LightningModule):
         lr_mult: dict[str, Any] | None = None,
         layer_decay: float | None = None,
         no_decay: bool = True,
+        save_frozen: bool | None = None,
     ) -> None:
         super().__init__()
         self.compile_parts, self.channels_last = compile, channels_last
@@ -154,6 +172,11 @@ class MultimodalModule(pl.LightningModule):
         self.lr_mult = check_lr_mult(self, lr_mult)
         self.layer_decay = check_layer_decay(layer_decay)
         self.no_decay = bool(no_decay)
+        self.save_frozen = save_frozen
+        # {config path: {"model", "revision", "module"}} of the pretrained bases loaded with
+        # their weights (build.py sets it): what save_frozen=false leaves out
+        self.bases: dict[str, dict[str, Any]] = {}
+        self._base_records: dict[str, dict[str, Any]] = {}  # their fingerprints, computed once
         self._param_ndims: dict[str, int] = {}  # as built, see configure_model
 
     def configure_model(self) -> None:
@@ -255,12 +278,15 @@ class MultimodalModule(pl.LightningModule):
             else:  # this batch carries no target for the task
                 continue
             fused = inputs[task]
-            outputs = head(fused, target, target_mask)
+            extras = _extras(head, task, batch)
+            outputs = head(fused, target, target_mask, **extras)
             losses[task] = head.loss(outputs, target, target_mask)
             if split != "train":
                 # retrieval's per-sample "predictions" are embeddings: `mmtrain predict` writes
                 # them; its evaluation is recall over the split's embeddings, not rows
-                predictions = [] if head.unfused else head.predict(fused, outputs)
+                predictions = (
+                    [] if head.unfused else head.predict(fused, outputs, **_prompts(extras))
+                )
                 references = batch.get(f"{task}{REFERENCES}")
                 head.update_metrics(
                     self.metrics[f"{split}_{task}"],
@@ -448,7 +474,8 @@ class MultimodalModule(pl.LightningModule):
         for task, head in self.heads.items():
             if inputs[task] is None:
                 continue
-            for row, pred in zip(rows, head.predict(inputs[task])):
+            extras = _prompts(_extras(head, task, batch))
+            for row, pred in zip(rows, head.predict(inputs[task], **extras)):
                 row[task] = pred
         return rows
 
@@ -506,6 +533,24 @@ class MultimodalModule(pl.LightningModule):
             "nonfinite_steps": self.nonfinite.skipped,
             "models": self.model_files(),
         }
+        if self.save_frozen is False and self.bases:
+            records = self.base_records()
+            for record in records.values():
+                for key in record["keys"]:
+                    checkpoint["state_dict"].pop(key, None)
+            checkpoint[CHECKPOINT_KEY]["base"] = records
+
+    def base_records(self) -> dict[str, dict[str, Any]]:
+        """What a trimmed checkpoint records of each base (its frozen keys and fingerprint;
+        see :mod:`mmtrain.utils.base_weights`), computed once: frozen weights do not change."""
+        if set(self._base_records) != set(self.bases):
+            self._base_records = {
+                path: describe_base(
+                    self, path, source["module"], {k: source[k] for k in ("model", "revision")}
+                )
+                for path, source in self.bases.items()
+            }
+        return self._base_records
 
     def model_files(self) -> dict[str, dict[str, bytes]]:
         """``{"encoder.image": {file name: content}}``: the files that rebuild each pretrained

@@ -17,12 +17,14 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mmtrain.build import build_datamodule, build_module, build_trainer
+from mmtrain.adapters import is_adapter
+from mmtrain.build import build_datamodule, build_module, build_trainer, task_targets
 from mmtrain.callbacks.resume import requeued_checkpoint
 from mmtrain.contracts import CHECKPOINT_KEY, REFERENCES, STAGES
 from mmtrain.data.targets import Target
 from mmtrain.errors import MMTrainError
 from mmtrain.failures import FailurePoint, explain
+from mmtrain.utils.base_weights import canonical, check_bases
 from mmtrain.utils.config_check import check_config
 from mmtrain.utils.hub import materialize
 
@@ -107,19 +109,28 @@ def _init_parts(cfg: DictConfig) -> list[str]:
 
 
 def init_from_checkpoint(
-    model: pl.LightningModule, stored: dict[str, Any], parts: list[str], path: str
+    model: pl.LightningModule,
+    stored: dict[str, Any],
+    parts: list[str],
+    path: str,
+    bases: dict[str, Any] | None = None,
 ) -> int:
     """Load the weights of ``parts`` of ``model`` (fit's ``init_from``) from a checkpoint's
     ``state_dict``; the other weights keep their initialisation.
 
     Every weight of the named parts must be in the checkpoint with the same shape: a partial
-    load would train from a silently mixed start.
+    load would train from a silently mixed start. Two exceptions: the frozen weights of a
+    trimmed checkpoint's ``bases`` (``model.save_frozen=false``) come from the model's own
+    base once its fingerprint is checked, and LoRA adapters the checkpoint lacks keep their
+    initialisation (which adds nothing). Keys match with and without peft's wrapping
+    (``q_proj.base_layer.weight`` is ``q_proj.weight``).
 
     Returns:
         The number of tensors loaded.
 
     Raises:
-        MMTrainError: naming the part or the first weights that do not fit.
+        MMTrainError: naming the part or the first weights that do not fit, or a base whose
+            fingerprint differs.
     """
     own = model.state_dict()
     for part in parts:
@@ -130,15 +141,26 @@ def init_from_checkpoint(
                 f"(it has {', '.join(have)})"
             )
     chosen = {k: v for k, v in own.items() if _in_parts(k, parts)}
-    picked = {k: stored[k] for k in chosen if k in stored}
-    fits = len(picked) == len(chosen) and all(
-        tuple(picked[k].shape) == tuple(v.shape) for k, v in chosen.items()
+    touched = {  # the trimmed bases inside (or around) the chosen parts
+        name: record
+        for name, record in (bases or {}).items()
+        if _in_parts(record["module"], parts)
+        or any(_in_parts(p, [record["module"]]) for p in parts)
+    }
+    provided = check_bases(model, touched, "init_from", path) if touched else set()
+    by_canonical = {canonical(k): v for k, v in stored.items()}
+    picked = {k: by_canonical[canonical(k)] for k in chosen if canonical(k) in by_canonical}
+    needed = {k: v for k, v in chosen.items() if k not in provided and not is_adapter(k)}
+    fits = all(k in picked for k in needed) and all(
+        tuple(picked[k].shape) == tuple(v.shape) for k, v in chosen.items() if k in picked
     )
     if not fits:
+        wanted = {canonical(k): v for k, v in needed.items()}
+        found = {canonical(k): v for k, v in picked.items()}
         raise MMTrainError(
             f"init_from: {path} does not fit init_parts={parts} of the configured model: "
-            f"{_state_mismatch(chosen, picked)}"
-            + ("; list in init_parts only parts it has" if len(picked) < len(chosen) else "")
+            f"{_state_mismatch(wanted, found)}"
+            + ("; list in init_parts only parts it has" if len(found) < len(wanted) else "")
         )
     model.load_state_dict(picked, strict=False)
     return len(picked)
@@ -159,6 +181,48 @@ def _state_mismatch(model: dict[str, Any], stored: dict[str, Any]) -> str:
             more = f" (+{len(keys) - 2} more)" if len(keys) > 2 else ""
             parts.append(f"{len(keys)} {what}: {', '.join(keys[:2])}{more}")
     return "; ".join(parts) or "the weights do not load"
+
+
+def load_weights(model: pl.LightningModule, ckpt: dict[str, Any], path: str) -> None:
+    """Load a checkpoint's weights into ``model``; a trimmed checkpoint's (``base`` recorded)
+    over the model's bases, once their fingerprints are checked.
+
+    Raises:
+        MMTrainError: naming the checkpoint, when it does not fit the model or was trained on
+            other bases.
+    """
+    state = ckpt["state_dict"]
+    bases = ckpt[CHECKPOINT_KEY].get("base") or {}
+    provided = check_bases(model, bases, "ckpt_path", path) if bases else set()
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and k not in provided]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        wanted = {k: v for k, v in own.items() if k not in provided}
+        raise MMTrainError(
+            f"ckpt_path: {path} does not fit the configured model: {_state_mismatch(wanted, state)}"
+        )
+    model.load_state_dict(state, strict=False)
+
+
+def _set_prompts(cfg: DictConfig, prompt: str) -> None:
+    """``mmtrain predict prompt=...``: the prompt of every task whose target takes one (the
+    causal-LM tasks), in place of the trained one.
+
+    Raises:
+        MMTrainError: when no task of the model takes a prompt.
+    """
+    targets = (cfg.get("data") or {}).get("targets") or {}
+    tasks = [t for t, node in targets.items() if node is not None and "prompt" in node]
+    if not tasks:
+        raise MMTrainError(
+            "prompt: no task of this model takes a prompt (only causal-LM heads do, "
+            "head/<task>=causal_lm)"
+        )
+    with open_dict(cfg):
+        for task in tasks:
+            cfg.data.targets[task].prompt = prompt
 
 
 def _user_overrides() -> list[Any]:
@@ -189,7 +253,12 @@ def config_from_checkpoint(stored_yaml: str, cfg: DictConfig) -> DictConfig:
     return merged
 
 
-def use_stored_models(cfg: DictConfig, models: dict[str, dict[str, bytes]], folder: Path) -> None:
+def use_stored_models(
+    cfg: DictConfig,
+    models: dict[str, dict[str, bytes]],
+    folder: Path,
+    bases: dict[str, Any] | None = None,
+) -> None:
     """Point each pretrained part of ``cfg`` at the model files its checkpoint stores (config,
     tokenizer, processor), written under ``folder``, and build it without weights (the
     checkpoint's state_dict has them): ``mmtrain test|predict`` never read the original
@@ -199,10 +268,13 @@ def use_stored_models(cfg: DictConfig, models: dict[str, dict[str, bytes]], fold
         cfg: the composed config (changed in place).
         models: ``{"encoder.image": {file name: content}}`` from the checkpoint.
         folder: where the files are written, one folder per part.
+        bases: the parts a trimmed checkpoint left out (``model.save_frozen=false``): they
+            are built from their ``model_name_or_path`` with weights, as in training.
     """
+    bases = bases or {}
     for path, files in models.items():
         node = OmegaConf.select(cfg, path)
-        if node is None:  # the part was removed on this command line (~encoder/audio)
+        if node is None or path in bases:  # removed (~encoder/audio); or a trimmed base
             continue
         no_weights = getattr(get_object(node._target_), "NO_WEIGHTS", False)
         with open_dict(node):
@@ -366,12 +438,16 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
     ckpt = load_checkpoint(ckpt_path) if ckpt_path else None
     if stage != "fit" and ckpt is None:
         raise MMTrainError(f"mmtrain {stage} needs ckpt_path=<file> (a checkpoint of mmtrain fit)")
+    cfg = task_targets(cfg)  # a causal-LM head's task gets its ChatTarget
     config_yaml = OmegaConf.to_yaml(cfg)
     if ckpt is not None and stage != "fit":
-        cfg = config_from_checkpoint(ckpt[CHECKPOINT_KEY]["config"], cfg)
+        cfg = task_targets(config_from_checkpoint(ckpt[CHECKPOINT_KEY]["config"], cfg))
         config_yaml = OmegaConf.to_yaml(cfg)
         models = ckpt[CHECKPOINT_KEY].get("models") or {}
-        use_stored_models(cfg, models, Path(cfg.paths.output_dir) / "models")
+        bases = ckpt[CHECKPOINT_KEY].get("base") or {}
+        use_stored_models(cfg, models, Path(cfg.paths.output_dir) / "models", bases)
+    if stage == "predict" and cfg.get("prompt") is not None:
+        _set_prompts(cfg, str(cfg.prompt))
     if stage == "predict" and cfg.get("input"):
         with open_dict(cfg):  # the inputs replace the data set; vocabularies stay the checkpoint's
             if "sources" in cfg.data:  # data=multi: one data set of inputs instead
@@ -411,15 +487,10 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
     datamodule.setup(stage)
     model = build_module(cfg, datamodule.facts(), config_yaml)
     if ckpt is not None:  # resuming too: a clear error before Lightning's traceback
-        try:
-            model.load_state_dict(ckpt["state_dict"])
-        except RuntimeError:
-            raise MMTrainError(
-                f"ckpt_path: {ckpt_path} does not fit the configured model: "
-                f"{_state_mismatch(model.state_dict(), ckpt['state_dict'])}"
-            ) from None
+        load_weights(model, ckpt, str(ckpt_path))
     if init is not None:
-        count = init_from_checkpoint(model, init["state_dict"], init_parts, cfg.init_from)
+        bases = init[CHECKPOINT_KEY].get("base") or {}
+        count = init_from_checkpoint(model, init["state_dict"], init_parts, cfg.init_from, bases)
         log.info("init_from: %d tensors of %s from %s", count, ", ".join(init_parts), cfg.init_from)
     trainer = build_trainer(cfg)
     try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from helpers import tiny_hf, tiny_vision
+from helpers import tiny_hf, tiny_lm, tiny_vision
 
 # model_name_or_path in configs/ -> the builder of its tiny stand-in (folder -> folder)
 TINY_MODELS: dict[str, Callable[[Path], Path]] = {
@@ -24,6 +24,7 @@ TINY_MODELS: dict[str, Callable[[Path], Path]] = {
     "facebook/wav2vec2-base": tiny_hf.tiny_wav2vec2,
     "vit_base_patch16_224.augreg2_in21k_ft_in1k": tiny_vision.timm_vit,
     "ViT-B-32": tiny_vision.open_clip_model,
+    "Qwen/Qwen2.5-0.5B-Instruct": tiny_lm.tiny_llama_lm,  # a chat template (ChatML)
 }
 
 

@@ -101,12 +101,20 @@ def _cases(modalities: tuple[str, ...], case: str) -> list[tuple[str, dict[str, 
 @pytest.mark.parametrize(("preset", "overrides"), CONFIGS, ids=CONFIG_IDS)
 def test_fusion_forward_backward(preset, overrides, modalities, case):
     fusion = _fusion(preset, overrides, modalities).train()
+    weightless = not list(fusion.parameters())  # fusion=tokens: the gradient reaches the inputs
     for _, feats in _cases(modalities, case):
         fusion.zero_grad()
+        if weightless:
+            feats = {
+                m: Features(f.tokens.clone().requires_grad_(), f.mask) for m, f in feats.items()
+            }
         out = fusion(feats)
         _check_output(out, fusion)
         weight = torch.randn(out.tokens.shape, generator=torch.Generator().manual_seed(1))
         (out.tokens * weight).sum().backward()
+        if weightless:
+            assert all(torch.isfinite(f.tokens.grad).all() for f in feats.values()), preset
+            continue
         grads = {n: p.grad for n, p in fusion.named_parameters() if p.grad is not None}
         assert grads, f"{preset}: no parameter got a gradient"
         bad = sorted(n for n, g in grads.items() if not torch.isfinite(g).all())
