@@ -1,4 +1,6 @@
-"""GPU benchmark of the coco_caption model with ViT-B/16: eager vs ``model.compile=true``.
+"""GPU benchmark of the coco_caption model with ViT-B/16 (or, ``--model llm``, of the
+coco_caption_llm model in its shape: ViT-B/16 -> mlp2x_gelu -> a random 1.1B Llama with LoRA):
+eager vs ``model.compile=true``.
 
 One prepared script for a machine with a GPU (written for an H100/H200 with 16 CPU cores and no
 internet; meant to take under 5 minutes: ``--budget``, 275 s, is a hard limit: a run that
@@ -124,7 +126,33 @@ FIT_OVERRIDES = (
     *TRAINING_ONLY,
     "trainer.max_epochs=-1",  # max_steps ends the run
 )
+# --model llm: the coco_caption_llm model in its shape only (nothing downloaded): ViT-B/16's 197
+# tokens -> mlp2x_gelu -> a random Llama of TinyLlama-1.1B's shape with LoRA (phase=lora), its
+# word-level tokenizer trained on the captions; LM weights in bf16.
+LLM_1B = (
+    "{model_type:llama,hidden_size:2048,intermediate_size:5632,num_hidden_layers:22,"
+    "num_attention_heads:32,num_key_value_heads:4,max_position_embeddings:2048}"
+)
+LLM_OVERRIDES = (
+    "experiment=coco_caption",
+    "encoder/image=vit_b16",
+    "head/caption=causal_lm",
+    "fusion=tokens",
+    "phase=lora",
+    "head.caption.model_name_or_path=null",
+    "head.caption.pretrained=false",
+    f"head.caption.config={LLM_1B}",
+    "head.caption.dtype=bfloat16",
+    "+data.targets.caption.prompt='Describe the image in one sentence.'",
+    *TRAINING_ONLY,
+    "trainer.max_epochs=-1",
+)
 SMOKE_OVERRIDES = ("encoder.image.image_size=32", "data.image.size=32")
+LLM_SMOKE_OVERRIDES = (  # a small Llama, float32 (the CPU)
+    "head.caption.config={model_type:llama,hidden_size:64,intermediate_size:128,"
+    "num_hidden_layers:2,num_attention_heads:4,num_key_value_heads:4,max_position_embeddings:512}",
+    "head.caption.dtype=null",
+)
 PER_MODE_KEYS = (  # in the JSON for each mode (null where it failed or was not run)
     "samples_per_s",
     "step_s_median",
@@ -252,6 +280,7 @@ class GpuRecorder:
         self.sizes: list[int] = []
         self.losses: list[float] = []
         self.graphs: list[int] = []  # with torch.compile: graphs compiled by each step's end
+        self.text_tokens: list[int] = []  # caption tokens a step (the LM's text positions)
         self.record: dict[str, Any] = {}
         self.cuda = False
 
@@ -292,6 +321,8 @@ class GpuRecorder:
         if len(self.ends) == 1:
             self.record["first_step_end_unix"] = time.time()
         self.sizes.append(len(batch["id"]) if isinstance(batch, Mapping) and "id" in batch else 0)
+        if isinstance(batch, Mapping) and "caption_mask" in batch:  # the LM's text positions
+            self.text_tokens.append(int(batch["caption_mask"].sum()))
         loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
         self.losses.append(float(loss) if loss is not None else math.nan)
         if len(self.ends) == self.warmup and self.cuda:
@@ -312,6 +343,13 @@ class GpuRecorder:
                     module.zero_grad(set_to_none=True)
                 self.record["flops_batch_size"] = self.sizes[-1]
                 self.record["flops_count_s"] = time.perf_counter() - start
+            with torch.no_grad():  # untimed: the fused tokens a sample brings to the head
+                fused = module(batch)
+            self.record["fused_tokens_per_sample"] = (
+                fused.tokens.shape[1]
+                if fused.mask is None
+                else float(fused.mask.sum()) / fused.tokens.shape[0]
+            )
 
     def finish(self) -> None:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
@@ -319,6 +357,7 @@ class GpuRecorder:
             starts=self.starts,
             ends=self.ends,
             sizes=self.sizes,
+            text_tokens=self.text_tokens,
             losses=self.losses,
             graphs=self.graphs,
             peak_rss_bytes=peak * (1 if sys.platform == "darwin" else 1024),
@@ -472,6 +511,23 @@ def _run_child(
     }
 
 
+def _tokens_per_s(
+    record: dict[str, Any], timed: range, window: float, samples: int
+) -> dict[str, Any]:
+    """With a text target (the caption tokens recorded): its tokens/s and, where the fused
+    tokens a sample brings are known, the LM head's positions/s (text + fused tokens)."""
+    text = record.get("text_tokens") or []
+    if len(text) < len(record["ends"]):
+        return {}
+    text_per_s = sum(text[i] for i in timed) / window
+    out = {"text_tokens_per_s": text_per_s}
+    fused = record.get("fused_tokens_per_sample")
+    if fused is not None:
+        out["fused_tokens_per_sample"] = fused
+        out["tokens_per_s"] = text_per_s + samples * fused / window
+    return out
+
+
 def summarise(record: dict[str, Any], warmup: int) -> dict[str, Any]:
     """The timed steps (``warmup + 1`` to the last) of one run's record."""
     starts, ends, sizes = record["starts"], record["ends"], record["sizes"]
@@ -505,6 +561,7 @@ def summarise(record: dict[str, Any], warmup: int) -> dict[str, Any]:
             record["graphs"][-1] - record["graphs"][warmup - 1] if record.get("graphs") else None
         ),
         "graph_breaks": record.get("graph_breaks"),
+        **_tokens_per_s(record, timed, window, samples),
         "first_loss": record["losses"][0],
         "last_loss": record["losses"][-1],
     }
@@ -518,8 +575,9 @@ def run_mode(
     from bench import _mmtrain_command
 
     out = runs / f"{mode}.json"
+    llm = args.model == "llm"
     overrides = [
-        *FIT_OVERRIDES,
+        *(LLM_OVERRIDES if llm else FIT_OVERRIDES),
         f"data.root={json.dumps(str(root))}",
         f"trainer={'gpu' if args.accelerator == 'gpu' else 'cpu'}",
         f"trainer.precision={args.precision}",
@@ -529,6 +587,7 @@ def run_mode(
         f"seed={args.seed}",
         f"model.compile={'true' if mode == 'compile' else 'false'}",
         *(SMOKE_OVERRIDES if args.smoke else ()),
+        *(LLM_SMOKE_OVERRIDES if args.smoke and llm else ()),
         "+callbacks.timer._target_=bench_gpu.gpu_timer",
         f"+callbacks.timer.out={json.dumps(str(out))}",
         f"+callbacks.timer.steps={args.steps}",
@@ -640,8 +699,9 @@ def print_table(result: dict[str, Any]) -> None:
     print(
         f"\ndevice: {result['device']}; torch {result['torch']}, CUDA {result['cuda']}; {peak_text}"
     )
+    model = "coco_caption_llm shape (1.1B Llama, LoRA)" if a["model"] == "llm" else "coco_caption"
     print(
-        f"coco_caption, ViT-B/16 at {a['image_size']} px, batch {a['batch_size']}, "
+        f"{model}, ViT-B/16 at {a['image_size']} px, batch {a['batch_size']}, "
         f"{a['precision']}, {a['workers']} loader workers; "
         f"steps {a['warmup'] + 1}-{a['steps']} timed"
         + (" (--smoke: the numbers mean nothing)" if a["smoke"] else "")
@@ -667,6 +727,13 @@ def print_table(result: dict[str, Any]) -> None:
     print("step ms: between step ends; compute ms: step less data wait; MFU*: without the waits")
     for name in MODES:
         m = result[name]
+        if m.get("tokens_per_s") is not None:
+            print(
+                f"{name}: {m['tokens_per_s']:.0f} LM tokens/s ({m['fused_tokens_per_sample']:.0f} "
+                f"fused tokens a sample + {m['text_tokens_per_s']:.0f} text tokens/s)"
+            )
+    for name in MODES:
+        m = result[name]
         if m.get("graphs_compiled_in_timed_steps"):
             print(
                 f"warning: {name}: {m['graphs_compiled_in_timed_steps']} graph(s) compiled in the "
@@ -687,7 +754,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="outputs/bench/gpu.json", help="the JSON to write")
     p.add_argument("--data-dir", help="generated data sets (default: <out folder>/data)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument(
+        "--model",
+        choices=("caption", "llm"),
+        default="caption",
+        help="caption: coco_caption ViT-B/16; llm: coco_caption_llm's shape, a 1.1B Llama + LoRA",
+    )
+    p.add_argument("--batch-size", type=int, default=None, help="default 128; --model llm: 32")
     p.add_argument("--steps", type=int, default=40, help="optimizer steps per run")
     p.add_argument("--warmup", type=int, default=10, help="untimed first steps (compilation)")
     p.add_argument("--images", type=int, help="training images (default: one epoch of --steps)")
@@ -716,6 +789,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="tiny CPU run: checks the pipeline only")
     p.add_argument("extra", nargs="*", help="more mmtrain fit overrides (key=value)")
     args = p.parse_args(argv)
+    args.batch_size = args.batch_size or (32 if args.model == "llm" else 128)
     if args.smoke:
         args.batch_size, args.steps, args.warmup, args.workers = 2, 5, 2, 1
         args.accelerator = args.accelerator or "cpu"
@@ -763,6 +837,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     env = _child_env(argparse.Namespace(threads=args.threads), args.data_dir, runs)
     result: dict[str, Any] = {
         "config": {
+            "model": args.model,
             "batch_size": args.batch_size,
             "steps": args.steps,
             "warmup": args.warmup,

@@ -338,9 +338,17 @@ def test_bad_arguments(chatml):
         ChatTarget(tokenizer, prompt="{0} a")
     with pytest.raises(ValueError, match="more than one"):
         ChatTarget(tokenizer, prompt="<image> and <image>")
+
+
+def test_a_text_target_without_a_prompt_is_the_features_alone(chatml):
+    """LLaVA's "plain" alignment format: the user turn holds the placeholder only."""
+    tokenizer = LMTokenizer(str(chatml))
     target = chat_target(tokenizer)  # text target, no prompt
-    with pytest.raises(MMTrainError, match="neither is set"):
-        target.encode({"id": "3", "caption": "a cat"}, True, {})
+    assert target.user_text({"id": "3", "caption": "a cat"}) == "<image>"
+    assert target.facts()["prompt"] == ""
+    assert tokenizer.prompt_ids("") == tokenizer.encode_prompt(
+        [{"role": "user", "content": "<image>"}]
+    )
 
 
 # ---- truncation and bad samples ---------------------------------------------------------------

@@ -222,8 +222,7 @@ class ChatTarget(Target):
         ``prompt_from`` text, with the placeholder in front when it has none.
 
         Raises:
-            MMTrainError: naming the sample, for a prompt column it lacks, or no prompt at
-                all.
+            MMTrainError: naming the sample, for a prompt column it lacks.
         """
         sample = item.get("id")
         for column in self.columns[1:]:
@@ -242,12 +241,9 @@ class ChatTarget(Target):
                 if self.prompt_from in self.fields:  # the prompt places that text itself
                     parts = []
             parts.append(prompt)
-        if not parts:
-            raise MMTrainError(
-                f"sample {sample}: {self.name} is text, so its user turn is "
-                f"data.targets.{self.name}.prompt or .prompt_from, and neither is set"
-            )
         text = "\n".join(parts)
+        if not text:  # no prompt: the features alone (LLaVA's "plain" alignment format)
+            return PLACEHOLDER
         return text if PLACEHOLDER in text else f"{PLACEHOLDER}\n{text}"
 
     def answer_text(self, item: dict[str, Any]) -> str:
@@ -354,14 +350,14 @@ class ChatTarget(Target):
 
     def facts(self) -> dict[str, Any]:
         """The tokenizer, ``vocab_size``, ``pad_id`` and ``prompt``: the fixed user prompt
-        when it needs nothing from the item (None otherwise), for generating without one in
-        the batch."""
-        fixed = self.prompt is not None and not self.fields and not self.prompt_from
+        when it needs nothing from the item ("" without one: the features alone; None when
+        it needs the item), for generating without one in the batch."""
+        fixed = not self.fields and not self.prompt_from
         return {
             "tokenizer": self.tokenizer,
             "vocab_size": self.tokenizer.vocab_size,
             "pad_id": self.tokenizer.pad_id,
-            "prompt": self.prompt if fixed else None,
+            "prompt": (self.prompt or "") if fixed else None,
         }
 
     def write(

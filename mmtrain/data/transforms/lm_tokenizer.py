@@ -273,7 +273,7 @@ class LMTokenizer:
         if not features:
             text = text.replace(PLACEHOLDER, "")
         elif PLACEHOLDER not in text:
-            text = f"{PLACEHOLDER}\n{text}"
+            text = f"{PLACEHOLDER}\n{text}" if text else PLACEHOLDER
         if text.count(PLACEHOLDER) > 1:
             raise ValueError(f"the prompt {prompt!r} has more than one {PLACEHOLDER} placeholder")
         return self.encode_prompt([{"role": "user", "content": text}])
