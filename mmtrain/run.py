@@ -34,7 +34,8 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 # Frozen encoders stay in eval mode on purpose (FreezableEncoder): Lightning's notice is noise.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start")
 
-# What a checkpoint defines: the model and the data it was trained on (vocabulary, classes).
+# What a checkpoint defines: the model and the data it was trained on (vocabulary, classes),
+# its adapters (peft: their weights are in the state_dict) and what trained (phase).
 MODEL_KEYS = (
     "data",
     "encoder",
@@ -44,6 +45,8 @@ MODEL_KEYS = (
     "optimizer",
     "scheduler",
     "model",
+    "peft",
+    "phase",
 )
 ROBUSTNESS = (None, "missing")
 # What fit's init_from may load: the model's top-level parts.
@@ -486,6 +489,13 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
     datamodule.prepare_data()
     datamodule.setup(stage)
     model = build_module(cfg, datamodule.facts(), config_yaml)
+    if stage == "predict":  # predict reads no targets: a generating head needs its own prompt
+        for task, head in model.heads.items():
+            if "prompt" in getattr(head, "batch_keys", ()) and head.prompt is None:
+                raise MMTrainError(
+                    f"head.{task}: its prompt comes from each sample ({task}'s target), and "
+                    f"predict reads none: give one, prompt=\"...\""
+                )
     if ckpt is not None:  # resuming too: a clear error before Lightning's traceback
         load_weights(model, ckpt, str(ckpt_path))
     if init is not None:
