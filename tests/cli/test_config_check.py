@@ -6,6 +6,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
+from mmtrain.build import task_targets
 from mmtrain.cli import config_dir
 from mmtrain.errors import MMTrainError
 from mmtrain.utils.config_check import check_config, check_node
@@ -258,4 +259,8 @@ def test_every_preset_passes_the_check(override, compose_config, tmp_path):
     for key in ("root", "train", "val"):  # data on the user's disk: data.root=???, data.train=???
         if OmegaConf.is_missing(cfg.data, key):
             cfg.data[key] = str(tmp_path / key)
+    for node in (cfg.get("head") or {}).values():  # an LLM head's model: the user's to name
+        if OmegaConf.is_missing(node, "model_name_or_path"):
+            node.model_name_or_path = str(tmp_path / "lm")
+    cfg = task_targets(cfg)  # as run() does first: a causal-LM head's task gets a ChatTarget
     check_config(cfg, list(cfg.get("allowed_targets") or []))
