@@ -428,16 +428,57 @@ def pretrained_inputs(
     return out
 
 
+LM_ID = "Qwen/Qwen2.5-0.5B-Instruct"  # a causal-LM head's model when a preset leaves it to name
+CHAT_ANSWERS = ["a red cat sat on the mat", "the blue dog"]
+
+
+def lm_targets(cfg: DictConfig, facts: dict[str, Any], batch_size: int = 2) -> dict[str, Any]:
+    """The batch entries of the tasks whose head is a causal LM, made as the data side makes
+    them: ``build.task_targets`` gives the task its ChatTarget, ``build.follow_models`` the
+    LM's tokenizer; answers from :data:`CHAT_ANSWERS`. Each such target's facts replace the
+    synthetic ones. A head whose ``model_name_or_path`` is left to name gets :data:`LM_ID`
+    (the tiny LM of the model store: needs the ``model_store`` fixture)."""
+    from hydra.utils import get_object, instantiate
+    from omegaconf import OmegaConf
+
+    from mmtrain.build import follow_models, task_targets
+    from mmtrain.contracts import REFERENCES, Column
+
+    out: dict[str, Any] = {}
+    for task, node in cfg.head.items():
+        if getattr(get_object(node._target_), "TARGET", None) is None:
+            continue
+        if OmegaConf.is_missing(node, "model_name_or_path"):
+            node.model_name_or_path = LM_ID
+        data = follow_models(task_targets(cfg))
+        target = instantiate(data.targets[task])
+        target.name = task
+        items = [
+            {"id": f"sample_{i}", task: CHAT_ANSWERS[i % 2], f"{task}{REFERENCES}": ["a cat"]}
+            for i in range(batch_size)
+        ]
+        turns = [target.read(item) for item in items]
+        target.fit(Column(values=lambda turns=turns: turns, decoded=lambda n: []))
+        encoded = [target.encode(item, False, {}) for item in items]
+        out.update(target.collate([e[task] for e in encoded]))
+        out[f"{task}{REFERENCES}"] = [e[f"{task}{REFERENCES}"] for e in encoded]
+        facts["targets"][task] = target.facts()
+    return out
+
+
 def model_batch(cfg: DictConfig, facts: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """``(module, batch)`` for a composed config: pretrained towers get their own inputs
-    (:func:`pretrained_inputs`), every other modality and task a synthetic entry."""
+    (:func:`pretrained_inputs`), causal-LM heads their targets (:func:`lm_targets`), every
+    other modality and task a synthetic entry."""
     from mmtrain.build import build_module
 
     real = pretrained_inputs(cfg, facts)
+    targets = lm_targets(cfg, facts)
     module = build_module(cfg, facts)
     synthetic = [m for m in cfg.encoder if m not in real]
-    batch = make_batch(synthetic, list(cfg.head), facts)
-    return module, {**batch, **real}
+    tasks = [t for t in cfg.head if t not in targets]
+    batch = make_batch(synthetic, tasks, facts)
+    return module, {**batch, **real, **targets}
 
 
 @pytest.fixture
