@@ -494,7 +494,7 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
             if "prompt" in getattr(head, "batch_keys", ()) and head.prompt is None:
                 raise MMTrainError(
                     f"head.{task}: its prompt comes from each sample ({task}'s target), and "
-                    f"predict reads none: give one, prompt=\"...\""
+                    f'predict reads none: give one, prompt="..."'
                 )
     if ckpt is not None:  # resuming too: a clear error before Lightning's traceback
         load_weights(model, ckpt, str(ckpt_path))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ from mmtrain.heads.ctc import default_normalize
 from mmtrain.metrics.caption import CaptionMetrics
 from mmtrain.metrics.vqa import VQAAccuracy
 from mmtrain.utils import hub
+
+log = logging.getLogger(__name__)
 
 PROJECTORS = ("linear", "mlp2x_gelu")
 METRICS = ("caption", "vqa", "wer", "none")
@@ -241,6 +244,7 @@ class CausalLMHead(nn.Module):
         self.projector = make_projector(
             projector, in_dim, self.lm.get_input_embeddings().embedding_dim
         )
+        self._warned_truncation = False
         self.gradient_checkpointing = bool(gradient_checkpointing)
         if self.gradient_checkpointing:
             if not getattr(self.lm, "supports_gradient_checkpointing", False):
@@ -504,7 +508,9 @@ class CausalLMHead(nn.Module):
 
         Raises:
             ValueError: for a row with more than one :data:`FEATURE_TOKEN`, or a spliced
-                sequence longer than the LM's ``max_position_embeddings``.
+                prompt (``left``, or no ``labels``) longer than the LM's
+                ``max_position_embeddings``. A longer training sequence is truncated from
+                the end instead, with a warning (once).
         """
         mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
         at_features = (ids == FEATURE_TOKEN) & mask
@@ -539,12 +545,25 @@ class CausalLMHead(nn.Module):
         if self.max_positions is not None and size > self.max_positions:
             b = lengths.index(size)
             n = int(mask[b].sum()) - counts[b]
-            raise ValueError(
+            said = (
                 f"{self._where()}: a spliced sequence has {size} positions ({n} ids and "
                 f"{size - n} feature tokens) but the LM takes at most "
-                f"max_position_embeddings={self.max_positions}; lower the target tokenizer's "
-                "max_length or the number of fused tokens"
+                f"max_position_embeddings={self.max_positions}"
             )
+            if labels is None or left:  # a prompt to answer: cutting it changes the question
+                raise ValueError(f"{said}; lower the number of fused tokens or the prompt")
+            if not self._warned_truncation:  # training: cut the end, as the target does
+                log.warning(
+                    "%s: truncated from the end (its last answer tokens are not trained "
+                    "on); lower data.targets.<task>.tokenizer.max_length or the number of "
+                    "fused tokens (warned once)",
+                    said,
+                )
+                self._warned_truncation = True
+            size = self.max_positions
+            rows = [r[:size] for r in rows]
+            row_labels = [t if t is None else t[:size] for t in row_labels]
+            lengths = [len(r) for r in rows]
         pad = embedding(ids.new_full((), pad_id))  # (H,)
         out = pad.expand(len(rows), size, pad.shape[-1]).clone()
         attention = ids.new_zeros(len(rows), size)

@@ -422,18 +422,30 @@ def test_bad_settings(lms: dict[str, Path], tokenizers: dict[str, TinyChatTokeni
 
 
 def test_sequences_beyond_the_lms_positions(
-    lms: dict[str, Path], tokenizers: dict[str, TinyChatTokenizer]
+    lms: dict[str, Path], tokenizers: dict[str, TinyChatTokenizer], caplog
 ) -> None:
-    """RoPE weights fit any length, so config may shorten the context: a spliced sequence
-    beyond it is an error naming the lengths, in training and in generation."""
+    """RoPE weights fit any length, so config may shorten the context: a spliced training
+    sequence beyond it is truncated from the end with one warning naming the lengths (the
+    labels cut with it); a prompt beyond it is an error, in generation too."""
     tok = tokenizers["llama"]
     batch = tiny_lm.chat_batch(tok, SAMPLES)
     head = make_head(lms["llama"], tok, config={"max_position_embeddings": 8})
+    args = (features(), batch["caption"], batch["caption_mask"])
+    spliced = head.splice(*args, labels=batch["caption_labels"])
+    full = make_head(lms["llama"], tok).splice(*args, labels=batch["caption_labels"])
+    assert spliced.embeds.shape[1] == 8 < full.embeds.shape[1]
+    torch.testing.assert_close(spliced.embeds, full.embeds[:, :8])
+    assert torch.equal(spliced.labels, full.labels[:, :8])
+    assert "truncated from the end" in caplog.text and "max_position_embeddings=8" in caplog.text
+    with caplog.at_level("WARNING"):
+        caplog.clear()
+        head.splice(*args, labels=batch["caption_labels"])
+    assert "truncated" not in caplog.text  # warned once
     with pytest.raises(
         ValueError,
         match=r"has \d+ positions \(\d+ ids and \d feature tokens\).* max_position_embeddings=8",
     ):
-        head(features(), batch["caption"], batch["caption_mask"], labels=batch["caption_labels"])
+        head.splice(*args)  # no labels: a prompt, not cut
     prompt = batch["caption_prompt"][:, -5:]  # 5 ids, no features: 5 + 8 > 12
     head = make_head(lms["llama"], tok, config={"max_position_embeddings": 12}, max_new_tokens=8)
     with pytest.raises(ValueError, match="max_new_tokens=8 exceed .* max_position_embeddings=12"):

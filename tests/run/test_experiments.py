@@ -17,6 +17,7 @@ import pytest
 from conftest import QUIET
 from helpers.coco import write_coco
 from helpers.hf import write_hf
+from helpers.llava import write_llava
 from helpers.manifest import write_manifests
 from helpers.speech import write_librispeech
 from helpers.vqa import write_vqa
@@ -38,6 +39,18 @@ def _tiny_coco(folder: Path) -> list[str]:
         "data.num_workers=0",
         "data.image.size=64",
         "data.targets.caption.tokenizer.min_freq=1",
+    ]
+
+
+def _tiny_llava(folder: Path) -> list[str]:
+    files = write_llava(folder / "llava")
+    return [
+        f"data.train={files['train']}",
+        f"data.val={files['val']}",
+        f"data.dataset.image_folder={files['images']}",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "data.image.size=32",
     ]
 
 
@@ -63,6 +76,7 @@ TINY_DATA: dict[str, Callable[[Path], list[str]]] = {
     ],
     "mmtrain.data.coco.CaptionDataset": _tiny_coco,
     "mmtrain.data.manifest.ManifestDataset": _tiny_manifest,
+    "mmtrain.data.llava.LlavaDataset": _tiny_llava,
     "mmtrain.data.hf.HFDataset": lambda folder: [
         f"data.root={write_hf(folder / 'hf')}",
         "data.batch_size=2",
