@@ -284,7 +284,9 @@ def build_module(
         for m, node in cfg.encoder.items()
     }
     in_dims = {m: int(e.out_dim) for m, e in encoders.items()}
-    fusion = safe_instantiate(cfg.fusion, "fusion", extra, in_dims=in_dims)
+    fusion = safe_instantiate(
+        cfg.fusion, "fusion", extra, in_dims=in_dims, **_wired(cfg.fusion, {"model_dir": model_dir})
+    )
     heads = {}
     for task, node in cfg.head.items():
         wired = _wired(node, head_facts(facts, task))
@@ -442,6 +444,11 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
         for name, node in (cfg.get("logger") or {}).items()
         if node is not None and "_target_" in node
     ]
+    if not loggers:  # ~logger: Lightning refuses a learning-rate monitor without a logger
+        monitors = [c for c in callbacks if isinstance(c, pl.callbacks.LearningRateMonitor)]
+        if monitors:
+            log.info("no logger: the learning-rate monitor is left out (it logs to loggers)")
+            callbacks = [c for c in callbacks if c not in monitors]
     if cfg.trainer.get("enable_progress_bar", True) and not any(
         isinstance(c, pl.callbacks.ProgressBar) for c in callbacks
     ):

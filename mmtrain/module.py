@@ -553,11 +553,12 @@ class MultimodalModule(pl.LightningModule):
         return self._base_records
 
     def model_files(self) -> dict[str, dict[str, bytes]]:
-        """``{"encoder.image": {file name: content}}``: the files that rebuild each pretrained
-        part without its weights (its config, tokenizer, processor; see
+        """``{"encoder.image": {file name: content}}``: the files that rebuild each part that
+        came from a pretrained model without its weights (its config, tokenizer, processor; see
         :class:`mmtrain.encoders.pretrained.PretrainedEncoder`), so that a checkpoint is
         self-contained: ``mmtrain test|predict`` rebuild from them."""
         parts = {f"encoder.{m}": e for m, e in self.encoders.items()}
+        parts |= {"fusion": self.fusion}  # a Q-Former started from BERT
         parts |= {f"head.{task}": head for task, head in self.heads.items()}
         return {
             path: dict(part.model_files)

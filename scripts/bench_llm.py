@@ -8,6 +8,9 @@
    of its own (peak resident memory above the process's memory once the model is built).
 3. ``lora``: the trainable share of the parameters under ``peft=lora`` (r=16, all-linear) for
    the shape of Qwen2.5-0.5B (built on the meta device: nothing downloaded, no memory).
+4. ``checkpoint_sizes`` (not with ``--quick``): ``last.ckpt`` of ``coco_caption_llm`` (LoRA)
+   trimmed against full, on random models of the real shapes (CLIP ViT-B/16, Qwen2.5-0.5B)
+   written to a scratch folder next to ``--out`` and deleted after.
 
 The LMs are random Llama-style models built from a config (nothing downloaded), with a
 word-level tokenizer trained on a few sentences.
@@ -21,6 +24,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -205,6 +209,89 @@ def bench_lora() -> dict[str, Any]:
     }
 
 
+CHATML = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def write_model_store(root: Path) -> Path:
+    """Random models of the real shapes under the ids ``coco_caption_llm`` names: CLIP
+    ViT-B/16's vision tower (with CLIP's 224 px processor) and Qwen2.5-0.5B (with a small
+    word-level ChatML tokenizer: the size is the LM's, not the tokenizer's)."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        PreTrainedTokenizerFast,
+    )
+
+    torch.manual_seed(0)
+    clip = root / "openai" / "clip-vit-base-patch16"
+    CLIPVisionModel(CLIPVisionConfig(patch_size=16, image_size=224)).save_pretrained(clip)
+    CLIPImageProcessor(
+        size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}
+    ).save_pretrained(clip)
+    lm = root / "Qwen" / "Qwen2.5-0.5B-Instruct"
+    words = sorted({w for s in SENTENCES for w in s.split()} | {"describe", "image", "the", "in"})
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
+    vocab = {w: i for i, w in enumerate(specials + words + ["user", "assistant", ".", "one"])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<unk>",
+        additional_special_tokens=["<|im_start|>"],
+    )
+    tokenizer.chat_template = CHATML
+    tokenizer.save_pretrained(lm)
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(**QWEN25_05B)).save_pretrained(lm)
+    return root
+
+
+def bench_checkpoint_sizes(scratch: Path) -> dict[str, Any]:
+    """``last.ckpt`` of ``experiment=coco_caption_llm`` (phase=lora, r=16), one step on a tiny
+    synthetic COCO, trimmed (the phase's ``save_frozen: null``) and full
+    (``model.save_frozen=true``), on random models of the real shapes."""
+    from bench_caption import write_synthetic_coco
+
+    store = write_model_store(scratch / "models")
+    write_synthetic_coco(scratch / "coco", n_train=4, n_val=2, seed=0)
+    sizes = {}
+    for name, extra in (("trimmed", []), ("full", ["model.save_frozen=true"])):
+        out = scratch / name
+        command = [
+            str(Path(sys.executable).with_name("mmtrain")),
+            "fit",
+            "experiment=coco_caption_llm",
+            f"data.root={scratch / 'coco'}",
+            f"paths.model_dir={store}",
+            "data.batch_size=2",
+            "data.num_workers=0",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=1",
+            "trainer.limit_val_batches=0",
+            "trainer.enable_progress_bar=false",
+            f"hydra.run.dir={out}",
+            *extra,
+        ]
+        subprocess.run(command, capture_output=True, text=True, check=True)
+        sizes[name] = (out / "checkpoints" / "last.ckpt").stat().st_size
+    return {
+        "models": "CLIP ViT-B/16 vision tower + Qwen2.5-0.5B (random weights, real shapes)",
+        "trimmed_bytes": sizes["trimmed"],
+        "full_bytes": sizes["full"],
+        "trimmed_over_full": round(sizes["trimmed"] / sizes["full"], 4),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench_llm.json"))
@@ -223,6 +310,13 @@ def main() -> None:
         "gradient_checkpointing": bench_checkpointing(batch=4, steps=steps),
         "lora": bench_lora(),
     }
+    if not args.quick:  # writes a 2 GB model and two checkpoints: a few minutes
+        scratch = args.out.resolve().parent / f"{args.out.stem}_runs"
+        shutil.rmtree(scratch, ignore_errors=True)
+        try:
+            results["checkpoint_sizes"] = bench_checkpoint_sizes(scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
     print(f"written: {args.out}")

@@ -291,3 +291,52 @@ def test_token_compressors_give_num_queries_tokens_and_ignore_padding(name):
 
     nothing = fusion({"text": Features(text, torch.zeros(3, 10, dtype=torch.bool))})
     assert torch.isfinite(nothing.tokens).all()
+
+
+def test_qformer_starts_from_a_bert_folder(tmp_path):
+    """``fusion=qformer`` with ``model_name_or_path``: each layer's self-attention and
+    feed-forward blocks compute what BERT's do (its weights, BLIP-2's start), the query norm is
+    BERT's embedding norm; a rebuild (``pretrained=false``) needs the config only; other sizes
+    or another model type are one error naming the key."""
+    from transformers import BertConfig, BertModel
+
+    from mmtrain.fusions.qformer import QFormerFusion
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=40,
+        max_position_embeddings=16,
+    )
+    folder = tmp_path / "bert"
+    bert = BertModel(config).eval()
+    bert.save_pretrained(folder)
+    sizes = {"dim": 32, "num_queries": 4, "num_layers": 2, "num_heads": 2, "ff_mult": 2}
+    eps = config.layer_norm_eps
+    fusion = QFormerFusion(
+        {"image": 12}, dropout=0.0, layer_norm_eps=eps, model_name_or_path=str(folder), **sizes
+    ).eval()
+    x = torch.randn(3, 5, 32)
+    with torch.no_grad():
+        for ours, theirs in zip(fusion.layers.layers, bert.encoder.layer):
+            attention = theirs.attention(x)
+            expected = attention[0] if isinstance(attention, tuple) else attention
+            torch.testing.assert_close(ours.norm1(x + ours._sa_block(x, None, None)), expected)
+            expected = theirs.output(theirs.intermediate(x), x)
+            torch.testing.assert_close(ours.norm3(x + ours._ff_block(x)), expected)
+        torch.testing.assert_close(fusion.norm(x), bert.embeddings.LayerNorm(x))
+    assert "config.json" in fusion.model_files
+    rebuilt = QFormerFusion(
+        {"image": 12}, layer_norm_eps=eps, model_name_or_path=str(folder), pretrained=False, **sizes
+    )
+    rebuilt.load_state_dict(fusion.state_dict())
+    with pytest.raises(ValueError, match=r"its dim gives 32, the Q-Former's is 64: set fusion.dim"):
+        QFormerFusion({"image": 12}, **{**sizes, "dim": 64}, model_name_or_path=str(folder))
+    with pytest.raises(ValueError, match="layer_norm_eps"):
+        QFormerFusion({"image": 12}, **sizes, model_name_or_path=str(folder))
+    (folder / "config.json").write_text('{"model_type": "gpt2"}')
+    with pytest.raises(ValueError, match="BERT-style encoder"):
+        QFormerFusion({"image": 12}, **sizes, model_name_or_path=str(folder))

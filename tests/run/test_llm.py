@@ -566,6 +566,33 @@ def test_init_from_an_aligned_projector_into_a_lora_model(llava):
 
 
 # ---- 10. the shapes LLM learns ----------------------------------------------------------------
+def test_a_qformer_started_from_bert_tests_from_its_checkpoint_alone(tiny_data, tmp_path):
+    """fusion=qformer from a BERT folder: the checkpoint stores its config files, so `test`
+    rebuilds the Q-Former (and its sizes' check) with the folder gone."""
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path / "bert"
+    bert = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
+    BertModel(BertConfig(**{**bert.to_dict(), "intermediate_size": 64})).save_pretrained(folder)
+    qformer = [
+        "fusion=qformer",
+        f"fusion.model_name_or_path={folder}",
+        "fusion.dim=32",
+        "fusion.num_heads=2",
+        "fusion.ff_mult=2",
+        "fusion.num_queries=4",
+        f"fusion.layer_norm_eps={bert.layer_norm_eps}",
+    ]
+    common = ["experiment=shapes", *TINY_DATA, *QUIET, *CPU]
+    trained = fit(*common, *qformer, "trainer.max_steps=2", output_dir=tmp_path / "fit")
+    ckpt = load(_last(trained))
+    assert "config.json" in ckpt[CHECKPOINT_KEY]["models"]["fusion"]
+    shutil.rmtree(folder)
+    cfg = compose_cfg(*common, f"ckpt_path={_last(trained)}", output_dir=tmp_path / "test")
+    metrics = run("test", cfg)
+    assert math.isfinite(metrics["test/label/accuracy"])
+
+
 @pytest.mark.slow  # about a minute on CPU: experiment=shapes_llm at its default sizes
 def test_shapes_llm_learns_to_caption(tmp_path):
     cfg = compose_cfg(

@@ -56,8 +56,10 @@ class ChatTarget(Target):
     string, e.g. ``"Describe the image."``), the item's ``prompt_from`` column (VQA: ``text``,
     the question), or both: a prompt's ``{column}`` fields are formatted from the item's
     columns, and a prompt without a ``prompt_from`` field follows that column's text on a new
-    line (LLaVA's ``"<question>\\nAnswer the question using a single word or phrase."``). A user
-    turn of a string target without the ``<image>`` placeholder gets ``"<image>\\n"`` in front
+    line (LLaVA's ``"<question>\\nAnswer the question using a single word or phrase."``); with
+    neither, the placeholder alone (LLaVA's plain alignment format: the features, then the
+    answer). A user turn of a string target without the ``<image>`` placeholder gets
+    ``"<image>\\n"`` in front
     (the fused features are always there); a conversation keeps its own placeholders (one at
     most: a sample without an image has none and gets no features).
 
