@@ -24,8 +24,9 @@ from typing import Any
 from PIL import Image
 from torch.utils.data import Dataset
 
-from mmtrain.contracts import PLACEHOLDER, SPLITS
+from mmtrain.contracts import PLACEHOLDER
 from mmtrain.data.io import load_image
+from mmtrain.data.manifest import split_file
 from mmtrain.errors import MMTrainError
 
 log = logging.getLogger(__name__)
@@ -213,22 +214,8 @@ class LlavaDataset(Dataset):
         image_folder: str | None = None,
         validate: bool = True,
     ) -> None:
-        key = ""
-        if path is None:
-            if split not in SPLITS:
-                raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-            files = {"train": train, "val": val, "test": test}
-            if split == "test" and test is None and val is not None:
-                log.warning("data.test is not set: the test split is data.val (%s)", val)
-                split = "val"
-            key, path = f"data.{split}: ", files[split]
-            if path is None:
-                raise MMTrainError(
-                    f"data.{split} is not set: the {split} split needs a LLaVA JSON file "
-                    f"(data.{split}=<file.json or file.jsonl>)"
-                )
-        elif any(f is not None for f in (train, val, test)):
-            raise ValueError(f"give path or train/val/test files, not both (path={path!r})")
+        example = "file.json or file.jsonl"
+        key, path = split_file(path, split, train, val, test, "a LLaVA JSON file", example)
         self.path = self._resolve(path, root)
         if not self.path.is_file():
             raise MMTrainError(f"{key}LLaVA JSON file not found: {self.path.absolute()}")

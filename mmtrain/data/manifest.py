@@ -65,6 +65,49 @@ def check_value(column: str, value: Any) -> str | None:
     return None
 
 
+def split_file(
+    path: str | None,
+    split: str | None,
+    train: str | None,
+    val: str | None,
+    test: str | None,
+    what: str,
+    example: str,
+) -> tuple[str, str]:
+    """``(key prefix for messages, file)`` of a split of a data set read from one file per
+    split (``data.train``, ``data.val``, ``data.test``), or the ``path`` given directly. An
+    unset test split is the validation split, with a warning.
+
+    Args:
+        path: the file, given directly (then no split files).
+        split: ``train``, ``val`` or ``test``.
+        train: the training split's file.
+        val: the validation split's file.
+        test: the test split's file.
+        what: what the file is, for the message when it is not set (``"a manifest"``).
+        example: its file names, for the same message (``"file.jsonl or file.csv"``).
+
+    Raises:
+        ValueError: for an unknown split, or both ``path`` and split files.
+        MMTrainError: naming the key, when the split's file is not set.
+    """
+    if path is not None:
+        if any(f is not None for f in (train, val, test)):
+            raise ValueError(f"give path or train/val/test files, not both (path={path!r})")
+        return "", path
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    files = {"train": train, "val": val, "test": test}
+    if split == "test" and test is None and val is not None:
+        log.warning("data.test is not set: the test split is data.val (%s)", val)
+        split = "val"
+    if files[split] is None:
+        raise MMTrainError(
+            f"data.{split} is not set: the {split} split needs {what} (data.{split}=<{example}>)"
+        )
+    return f"data.{split}: ", files[split]
+
+
 class ManifestDataset(Dataset):
     """Samples listed in a ``.jsonl`` or ``.csv`` manifest (any other suffix reads as JSONL).
 
@@ -114,22 +157,9 @@ class ManifestDataset(Dataset):
         test: str | None = None,
         optional: list[str] = (),
     ) -> None:
-        key, self.optional = "", set(optional)
-        if path is None:
-            if split not in SPLITS:
-                raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-            files = {"train": train, "val": val, "test": test}
-            if split == "test" and test is None and val is not None:
-                log.warning("data.test is not set: the test split is data.val (%s)", val)
-                split = "val"
-            key, path = f"data.{split}: ", files[split]
-            if path is None:
-                raise MMTrainError(
-                    f"data.{split} is not set: the {split} split needs a manifest "
-                    f"(data.{split}=<file.jsonl or file.csv>)"
-                )
-        elif any(f is not None for f in (train, val, test)):
-            raise ValueError(f"give path or train/val/test files, not both (path={path!r})")
+        self.optional = set(optional)
+        example = "file.jsonl or file.csv"
+        key, path = split_file(path, split, train, val, test, "a manifest", example)
         self.path = Path(path)
         if not self.path.is_absolute() and root is not None:
             self.path = Path(root) / self.path

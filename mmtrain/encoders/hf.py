@@ -87,16 +87,54 @@ def _part(module: nn.Module, path: str) -> Any:
 
 @contextlib.contextmanager
 def _quiet_loading() -> Iterator[None]:
-    """transformers reports every weight of a dual model's other tower as "unexpected";
-    mmtrain checks the missing and mismatched ones itself."""
+    """Keep transformers' loading reports and progress bars quiet: it reports every weight of
+    a dual model's other tower as "unexpected"; mmtrain checks the missing and mismatched ones
+    itself (:func:`load_checked`)."""
     from transformers.utils import logging
 
-    verbosity = logging.get_verbosity()
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
     logging.set_verbosity_error()
+    logging.disable_progress_bar()
     try:
         yield
     finally:
         logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+
+
+def load_checked(cls: Any, folder: Path, where: str, safetensors: bool, **kwargs: Any) -> Any:
+    """``cls.from_pretrained(folder, ...)`` offline, every weight checked: a missing one, or
+    one whose shape differs from the config's, is an error naming them (five at most).
+
+    Args:
+        cls: the transformers class.
+        folder: the model folder.
+        where: how messages name the model (``encoder.image.model_name_or_path=...``).
+        safetensors: safetensors weights only.
+        **kwargs: more ``from_pretrained`` keywords (``config``, ``dtype``...).
+
+    Raises:
+        ValueError: naming ``where``, the folder and the weights that do not fit.
+    """
+    with _quiet_loading():
+        model, info = cls.from_pretrained(
+            folder,
+            use_safetensors=True if safetensors else None,
+            local_files_only=True,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,  # reported below, naming the folder
+            **kwargs,
+        )
+    bad = [f"{k} missing" for k in sorted(info["missing_keys"])]
+    bad += [
+        f"{k} is {tuple(a)} in the weights, {tuple(b)} by the config"
+        for k, a, b in sorted(info["mismatched_keys"])
+    ]
+    if bad:
+        shown = "; ".join(bad[:5]) + (f"; ... ({len(bad)} in all)" if len(bad) > 5 else "")
+        raise ValueError(f"{where}: the weights in {folder} do not fit {cls.__name__}: {shown}")
+    return model
 
 
 def weight_files(folder: Path, safetensors: bool = True) -> list[Path]:
@@ -305,27 +343,8 @@ class HFEncoder(PretrainedEncoder, ABC):
                 f"{where} has no weights (model.safetensors or pytorch_model.bin); set "
                 f"encoder.{self.modality}.pretrained=false for the architecture only"
             )
-        with _quiet_loading():
-            model, info = cls.from_pretrained(
-                folder,
-                config=config,
-                use_safetensors=True if safetensors else None,
-                local_files_only=True,
-                output_loading_info=True,
-                ignore_mismatched_sizes=True,  # reported below, naming the folder
-                **kwargs,
-            )
-        bad = [f"{k} missing" for k in sorted(info["missing_keys"])]
-        bad += [
-            f"{k} is {tuple(a)} in the weights, {tuple(b)} by config.json"
-            for k, a, b in sorted(info["mismatched_keys"])
-        ]
-        if bad:
-            shown = "; ".join(bad[:5]) + (f"; ... ({len(bad)} in all)" if len(bad) > 5 else "")
-            raise ValueError(
-                f"{self.key}={self.name}: the weights in {folder} do not fit {cls.__name__}: "
-                f"{shown}"
-            )
+        where = f"{self.key}={self.name}"
+        model = load_checked(cls, folder, where, safetensors, config=config, **kwargs)
         return _part(model, self.family.submodule)
 
     # ---- the parts ----------------------------------------------------------------------------

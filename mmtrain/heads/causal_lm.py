@@ -19,12 +19,10 @@ weights). transformers is imported when a head is built, never with this module.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import logging
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from mmtrain.contracts import FEATURE_TOKEN, IGNORE_INDEX, ChatTokenizer, Features
-from mmtrain.encoders.hf import weight_files
+from mmtrain.encoders.hf import load_checked, weight_files
 from mmtrain.heads.ctc import default_normalize
 from mmtrain.metrics.caption import CaptionMetrics
 from mmtrain.metrics.vqa import VQAAccuracy
@@ -68,23 +66,6 @@ class Spliced:
     labels: Tensor | None
     position_ids: Tensor
     spliced: int
-
-
-@contextlib.contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """Keep transformers' loading reports and progress bars quiet: mmtrain checks missing
-    weights itself."""
-    from transformers.utils import logging
-
-    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        logging.set_verbosity(verbosity)
-        if bars:
-            logging.enable_progress_bar()
 
 
 def make_projector(kind: str, in_dim: int, hidden: int) -> nn.Module:
@@ -378,25 +359,15 @@ class CausalLMHead(nn.Module):
         kwargs: dict[str, Any] = {"dtype": torch_dtype}
         if quantize:
             kwargs |= self._quantization(quantize)
-        with _quiet_loading():
-            lm, info = transformers.AutoModelForCausalLM.from_pretrained(
-                folder,
-                config=base,
-                trust_remote_code=False,
-                local_files_only=True,
-                use_safetensors=True if safetensors else None,
-                output_loading_info=True,
-                ignore_mismatched_sizes=True,  # reported below, naming the folder
-                **kwargs,
-            )
-        bad = [f"{k} missing" for k in sorted(info["missing_keys"])]
-        bad += [
-            f"{k} is {tuple(a)} in the weights, {tuple(b)} by the config"
-            for k, a, b in sorted(info["mismatched_keys"])
-        ]
-        if bad:
-            shown = "; ".join(bad[:5]) + (f"; ... ({len(bad)} in all)" if len(bad) > 5 else "")
-            raise ValueError(f"{where}: the weights in {folder} do not fit the config: {shown}")
+        lm = load_checked(
+            transformers.AutoModelForCausalLM,
+            folder,
+            where,
+            safetensors,
+            config=base,
+            trust_remote_code=False,
+            **kwargs,
+        )
         return lm
 
     @staticmethod

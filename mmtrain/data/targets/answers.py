@@ -10,7 +10,7 @@ from torch import Tensor
 
 from mmtrain.contracts import REFERENCES, Column, PredictionFile
 from mmtrain.data.collate import padded
-from mmtrain.data.targets.base import Target, references, results_id, write_results
+from mmtrain.data.targets.base import Target, references, write_official
 from mmtrain.data.transforms.answers import AnswerVocabulary
 
 
@@ -70,7 +70,4 @@ class AnswersTarget(Target):
         split: str,
         normalize: Callable[[str], str] | None = None,
     ) -> PredictionFile:
-        task = self.name
-        results = [{"question_id": results_id(r["id"]), "answer": r[task]} for r in rows]
-        path = folder / f"{task}s_{split}.json"
-        return write_results(path, results, task, split, "question_id", "answer")
+        return write_official(rows, folder, split, self.name, "vqa")

@@ -119,3 +119,18 @@ def write_results(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results))
     return PredictionFile(path, task, split, id_key=id_key, value_key=value_key)
+
+
+# The official results files (one JSON list): format -> (id key, value key) of each record.
+OFFICIAL = {"coco": ("image_id", "caption"), "vqa": ("question_id", "answer")}
+
+
+def write_official(
+    rows: list[dict[str, Any]], folder: Path, split: str, task: str, results: str
+) -> PredictionFile:
+    """``<task>s_<split>.json`` in ``folder``, in an official ``results`` format
+    (:data:`OFFICIAL`: COCO's captions, VQA's answers), the ids as integers where they are."""
+    id_key, value_key = OFFICIAL[results]
+    records = [{id_key: results_id(r["id"]), value_key: r[task]} for r in rows]
+    path = folder / f"{task}s_{split}.json"
+    return write_results(path, records, task, split, id_key, value_key)

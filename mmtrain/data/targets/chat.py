@@ -24,7 +24,7 @@ from mmtrain.contracts import (
     Column,
     PredictionFile,
 )
-from mmtrain.data.targets.base import Target, references, results_id, write_results
+from mmtrain.data.targets.base import OFFICIAL, Target, references, write_official
 from mmtrain.data.targets.text import write_transcripts
 from mmtrain.data.transforms.lm_tokenizer import LMTokenizer, Turn
 from mmtrain.errors import MMTrainError
@@ -370,14 +370,8 @@ class ChatTarget(Target):
         normalize: Callable[[str], str] | None = None,
     ) -> PredictionFile:
         task = self.name
-        if self.results == "coco":
-            results = [{"image_id": results_id(r["id"]), "caption": r[task]} for r in rows]
-            path = folder / f"{task}s_{split}.json"
-            return write_results(path, results, task, split, "image_id", "caption")
-        if self.results == "vqa":
-            results = [{"question_id": results_id(r["id"]), "answer": r[task]} for r in rows]
-            path = folder / f"{task}s_{split}.json"
-            return write_results(path, results, task, split, "question_id", "answer")
+        if self.results in OFFICIAL:
+            return write_official(rows, folder, split, task, self.results)
         if self.results == "transcripts":
             return write_transcripts(rows, folder, split, task, normalize)
         return super().write(rows, folder, split, normalize)

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from mmtrain.contracts import REFERENCES, Column, PredictionFile, Tokenizer
 from mmtrain.data.collate import padded
-from mmtrain.data.targets.base import Target, references, results_id, write_lines, write_results
+from mmtrain.data.targets.base import Target, references, write_lines, write_official
 
 RESULTS = ("coco", "transcripts", "jsonl")
 
@@ -99,9 +99,7 @@ class TextTarget(Target):
     ) -> PredictionFile:
         task = self.name
         if self.results == "coco":
-            results = [{"image_id": results_id(r["id"]), "caption": r[task]} for r in rows]
-            path = folder / f"{task}s_{split}.json"
-            return write_results(path, results, task, split, "image_id", "caption")
+            return write_official(rows, folder, split, task, "coco")
         if self.results == "jsonl":
             return super().write(rows, folder, split, normalize)
         return write_transcripts(rows, folder, split, task, normalize)
