@@ -546,7 +546,7 @@ class MultimodalModule(pl.LightningModule):
         if set(self._base_records) != set(self.bases):
             self._base_records = {
                 path: describe_base(
-                    self, path, source["module"], {k: source[k] for k in ("model", "revision")}
+                    self, source["module"], {k: source[k] for k in ("model", "revision")}
                 )
                 for path, source in self.bases.items()
             }

@@ -699,7 +699,8 @@ def print_table(result: dict[str, Any]) -> None:
     print(
         f"\ndevice: {result['device']}; torch {result['torch']}, CUDA {result['cuda']}; {peak_text}"
     )
-    model = "coco_caption_llm shape (1.1B Llama, LoRA)" if a["model"] == "llm" else "coco_caption"
+    llm = a.get("model") == "llm"
+    model = "coco_caption_llm shape (1.1B Llama, LoRA)" if llm else "coco_caption"
     print(
         f"{model}, ViT-B/16 at {a['image_size']} px, batch {a['batch_size']}, "
         f"{a['precision']}, {a['workers']} loader workers; "

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from mmtrain.adapters import is_adapter
+from mmtrain.errors import MMTrainError
 
 SAMPLES = 1024  # values of each tensor in the fingerprint
 
@@ -58,7 +59,7 @@ def fingerprint(tensors: dict[str, Tensor]) -> str:
 
 
 def describe_base(
-    model: torch.nn.Module, name: str, module_path: str, source: dict[str, Any]
+    model: torch.nn.Module, module_path: str, source: dict[str, Any]
 ) -> dict[str, Any]:
     """The record of one base for a trimmed checkpoint (``source``: its ``model`` and
     ``revision``)."""
@@ -88,8 +89,6 @@ def check_bases(model: torch.nn.Module, bases: dict[str, Any], key: str, path: s
         MMTrainError: naming the part and both models, when a base's fingerprint differs or
             its weights are not in the model.
     """
-    from mmtrain.errors import MMTrainError
-
     state = model.state_dict()
     by_canonical = {canonical(k): k for k in state}
     provided: set[str] = set()

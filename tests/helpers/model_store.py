@@ -37,7 +37,7 @@ def config_model_ids(config_dir: Path) -> set[str]:
     def walk(node: object) -> None:
         if isinstance(node, dict):
             for key, value in node.items():
-                if key == "model_name_or_path" and isinstance(value, str):
+                if key == "model_name_or_path" and isinstance(value, str) and value != "???":
                     ids.add(value)
                 walk(value)
         elif isinstance(node, list):
