@@ -387,6 +387,29 @@ def test_lora_checkpoints_leave_out_the_frozen_bases_and_record_their_fingerprin
     assert sizes["trimmed"] < 0.5 * sizes["full"]
 
 
+def test_lora_in_the_vision_tower_too(coco_lora, tmp_path):
+    """peft.apply_to=[heads.caption,encoders.image]: adapters in the CLIP tower's linear layers
+    train next to the LM's, the tower's own weights stay frozen and out of the checkpoint,
+    and `test` rebuilds both adapted parts from it."""
+    seen = fit(
+        *coco_lora["common"],
+        "peft.apply_to=[heads.caption,encoders.image]",
+        output_dir=tmp_path / "fit",
+    )
+    encoder = seen.model.encoders["image"]
+    named = dict(encoder.named_parameters())
+    adapters = [n for n in named if is_adapter(n)]
+    assert adapters and all(named[n].requires_grad for n in adapters)
+    assert not any(p.requires_grad for n, p in named.items() if not is_adapter(n))
+    state = load(_last(seen))["state_dict"]
+    assert any(k.startswith("encoders.image.") and is_adapter(k) for k in state)
+    assert not any(k.startswith("encoders.image.") and not is_adapter(k) for k in state)
+    cfg = compose_cfg(
+        *coco_lora["common"], f"ckpt_path={_last(seen)}", output_dir=tmp_path / "test"
+    )
+    assert math.isfinite(run("test", cfg)["test/caption/cider"])
+
+
 def test_test_from_a_trimmed_checkpoint_equals_test_from_the_full_one(coco_lora, tmp_path):
     results = {}
     for name in ("trimmed", "full"):
