@@ -616,6 +616,32 @@ def test_a_qformer_started_from_bert_tests_from_its_checkpoint_alone(tiny_data, 
     assert math.isfinite(metrics["test/label/accuracy"])
 
 
+def test_speech_to_text_through_an_llm(model_store_folder, tmp_path):
+    """head/transcript=causal_lm on LibriSpeech: wav2vec2's frames -> a Perceiver resampler
+    (32 queries) -> the LM with LoRA, the transcript its answer; scored by WER."""
+    from helpers.speech import write_librispeech
+
+    overrides = [
+        "experiment=librispeech_wav2vec2_ctc",
+        f"data.root={write_librispeech(tmp_path / 'librispeech')}",
+        "data.batch_size=2",
+        f"paths.model_dir={model_store_folder}",
+        "head/transcript=causal_lm",
+        f"head.transcript.model_name_or_path={LM_ID}",
+        "head.transcript.max_new_tokens=8",
+        "fusion=perceiver",
+        "fusion.num_queries=8",
+        "phase=lora",
+        "debug=fdr",
+        *QUIET,
+        *CPU,
+    ]
+    seen = fit(*overrides, output_dir=tmp_path / "fit")
+    assert seen.model.heads["transcript"].metrics == "wer"
+    assert math.isfinite(seen.metrics["train/loss/transcript"])
+    assert seen.metrics["val/transcript/wer"] >= 0.0 and "val/transcript/cer" in seen.metrics
+
+
 @pytest.mark.slow  # about a minute on CPU: experiment=shapes_llm at its default sizes
 def test_shapes_llm_learns_to_caption(tmp_path):
     cfg = compose_cfg(
