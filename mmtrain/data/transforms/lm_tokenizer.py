@@ -339,7 +339,9 @@ class LMTokenizer:
         """Ids of ``text`` split at its placeholders (:data:`FEATURE_TOKEN` for each) and the
         character span of each id in ``text`` (a placeholder's for a feature token)."""
         pieces = text.split(PLACEHOLDER)
-        encoded = self._tokenizer(pieces, add_special_tokens=False, return_offsets_mapping=True)
+        encoded = self._tokenizer(  # verbose=False: the target truncates, and says so
+            pieces, add_special_tokens=False, return_offsets_mapping=True, verbose=False
+        )
         ids: list[int] = []
         spans: list[tuple[int, int]] = []
         start = 0
