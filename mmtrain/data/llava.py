@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 from mmtrain.contracts import PLACEHOLDER
 from mmtrain.data.io import load_image
 from mmtrain.data.manifest import split_file
+from mmtrain.data.targets.chat import ROLE_OF
 from mmtrain.errors import MMTrainError
 
 log = logging.getLogger(__name__)
@@ -34,14 +35,6 @@ log = logging.getLogger(__name__)
 # A text-only entry's image: black, small (the image input resizes it anyway). Its conversation
 # has no placeholder, so no image features reach the LM for it (as in LLaVA's own data code).
 BLANK_SIZE = (32, 32)
-# The speakers of a turn: LLaVA's ``from`` values and the role/content convention's.
-ROLES = {
-    "human": "user",
-    "user": "user",
-    "gpt": "assistant",
-    "assistant": "assistant",
-    "system": "system",
-}
 SHOWN = 5  # bad entries or missing images listed in one error
 COLUMNS = ["chat", "image"]
 
@@ -92,14 +85,14 @@ def check_entry(entry: dict[str, Any]) -> str | None:
     placeholders, assistant = [], False
     for k, turn in enumerate(turns):
         role, text = _turn(turn)
-        if not isinstance(role, str) or role not in ROLES or not isinstance(text, str):
+        if not isinstance(role, str) or role not in ROLE_OF or not isinstance(text, str):
             return (
                 f"conversations[{k}] is not a turn {{'from': 'human' | 'gpt' | 'system', "
                 f"'value': str}}: got {_kind(turn)}"
             )
-        assistant = assistant or ROLES[role] == "assistant"
+        assistant = assistant or ROLE_OF[role] == "assistant"
         count = text.count(PLACEHOLDER)
-        if count and ROLES[role] != "user":
+        if count and ROLE_OF[role] != "user":
             return (
                 f"conversations[{k}] ({role}) has the {PLACEHOLDER} placeholder; it belongs in "
                 "a user (human) turn"
@@ -135,7 +128,7 @@ def with_placeholder(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return turns
     for k, turn in enumerate(turns):
         role, text = _turn(turn)
-        if ROLES[role] == "user":
+        if ROLE_OF[role] == "user":
             key = "value" if "value" in turn else "content"
             return [*turns[:k], {**turn, key: f"{PLACEHOLDER}\n{text}"}, *turns[k + 1 :]]
     return turns
