@@ -209,6 +209,21 @@ def load_weights(model: pl.LightningModule, ckpt: dict[str, Any], path: str) -> 
     model.load_state_dict(state, strict=False)
 
 
+def predict_on_inputs(cfg: DictConfig, root: str) -> None:
+    """``cfg.data`` reading the files at ``root`` (``predict ... input=<path>``) in place of
+    the data set; the vocabularies and the rest stay the checkpoint's."""
+    with open_dict(cfg):
+        if "sources" in cfg.data:  # data=multi: one data set of inputs instead
+            cfg.data._target_ = SINGLE_DATAMODULE
+            for key in ("sources", "sampling", "temperature", "seed"):
+                cfg.data.pop(key, None)
+        cfg.data.root = root
+        cfg.data.dataset = {"_target_": INPUT_DATASET, "_partial_": True}
+        for key in ("train", "val", "test"):  # a manifest's split files are not read
+            if key in cfg.data:
+                cfg.data[key] = None
+
+
 def _set_prompts(cfg: DictConfig, prompt: str) -> None:
     """``mmtrain predict prompt=...``: the prompt of every task whose target takes one (the
     causal-LM tasks), in place of the trained one.
@@ -452,16 +467,7 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
     if stage == "predict" and cfg.get("prompt") is not None:
         _set_prompts(cfg, str(cfg.prompt))
     if stage == "predict" and cfg.get("input"):
-        with open_dict(cfg):  # the inputs replace the data set; vocabularies stay the checkpoint's
-            if "sources" in cfg.data:  # data=multi: one data set of inputs instead
-                cfg.data._target_ = SINGLE_DATAMODULE
-                for key in ("sources", "sampling", "temperature", "seed"):
-                    cfg.data.pop(key, None)
-            cfg.data.root = str(cfg.input)
-            cfg.data.dataset = {"_target_": INPUT_DATASET, "_partial_": True}
-            for key in ("train", "val", "test"):  # a manifest's split files are not read
-                if key in cfg.data:
-                    cfg.data[key] = None
+        predict_on_inputs(cfg, str(cfg.input))
     check_config(cfg, list(cfg.get("allowed_targets") or []))
     init, init_parts = None, []
     if stage == "fit" and cfg.get("init_from"):
