@@ -24,6 +24,7 @@ from mmtrain.contracts import CHECKPOINT_KEY, REFERENCES, STAGES
 from mmtrain.data.targets import Target
 from mmtrain.errors import MMTrainError
 from mmtrain.failures import FailurePoint, explain
+from mmtrain.strategies import is_sharded, read_sharded, sharding
 from mmtrain.utils.base_weights import canonical, check_bases
 from mmtrain.utils.config_check import check_config
 from mmtrain.utils.hub import materialize
@@ -72,7 +73,8 @@ def load_checkpoint(path: str | Path, mmap: bool = False, key: str = "ckpt_path"
     """Load a checkpoint safely (``weights_only=True``) and check it is one of ours.
 
     Args:
-        path: the file.
+        path: the file, or the directory of a sharded checkpoint (``trainer=fsdp|fsdp2``), read
+            whole into the same dictionary (:func:`mmtrain.strategies.read_sharded`).
         mmap: map the file instead of reading it (a cheap check before the real load).
         key: the config key that named the file, for the messages.
 
@@ -80,13 +82,16 @@ def load_checkpoint(path: str | Path, mmap: bool = False, key: str = "ckpt_path"
         MMTrainError: if the file is missing, unreadable, or carries no mmtrain config.
     """
     path = Path(path)
-    if not path.is_file():
+    if is_sharded(path):  # trainer=fsdp|fsdp2: a directory of shards, read whole
+        ckpt = read_sharded(path, key)
+    elif not path.is_file():
         raise MMTrainError(f"{key}: checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as err:  # corrupt zip, foreign pickle: never unpickle arbitrary objects
-        reason = _load_failure(err)
-        raise MMTrainError(f"{key}: cannot load checkpoint {path}: {reason}") from None
+    else:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except Exception as err:  # corrupt zip, foreign pickle: never unpickle arbitrary objects
+            reason = _load_failure(err)
+            raise MMTrainError(f"{key}: cannot load checkpoint {path}: {reason}") from None
     if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:
         raise MMTrainError(f"{key}: {path} is not an mmtrain checkpoint (no stored config)")
     return ckpt
@@ -509,6 +514,12 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
         count = init_from_checkpoint(model, init["state_dict"], init_parts, cfg.init_from, bases)
         log.info("init_from: %d tensors of %s from %s", count, ", ".join(init_parts), cfg.init_from)
     trainer = build_trainer(cfg)
+    if stage == "fit" and ckpt is not None and is_sharded(ckpt_path) and not sharding(trainer):
+        raise MMTrainError(
+            f"ckpt_path: {ckpt_path} is a sharded checkpoint (a directory): resume it with a "
+            "sharded trainer (trainer=fsdp2 or trainer=fsdp), or make it one file first: "
+            f"mmtrain export format=checkpoint ckpt_path={ckpt_path} out=<folder>"
+        )
     try:
         metrics, batches = _run_stage(stage, cfg, trainer, model, datamodule, ckpt_path)
     except MMTrainError:

@@ -53,3 +53,35 @@ class ResumeProbe(pl.Callback):
             time.sleep(self.sleep)
         if trainer.global_step in self.signal_at:
             os.kill(os.getpid(), self.signum)
+
+
+def _local_bytes(tensor: Any) -> int:
+    """The bytes of ``tensor`` this process holds (a DTensor's local shard)."""
+    local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+    return local.numel() * local.element_size()
+
+
+class MemoryProbe(pl.Callback):
+    """Writes ``{"rank", "parameters", "optimizer"}``: the bytes of parameters and of optimizer
+    state this process holds at the end of training, to ``<record>.rank<r>.json``."""
+
+    def __init__(self, record: str) -> None:
+        self.record = record
+
+    def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        import torch
+
+        states = [
+            value
+            for optimizer in trainer.optimizers
+            for state in optimizer.state.values()
+            for value in state.values()
+            if isinstance(value, torch.Tensor) and value.dim() > 0  # not AdamW's step count
+        ]
+        row = {
+            "rank": trainer.global_rank,
+            "parameters": sum(_local_bytes(p) for p in module.parameters()),
+            "optimizer": sum(_local_bytes(t) for t in states),
+        }
+        with open(f"{self.record}.rank{trainer.global_rank}.json", "w") as file:
+            json.dump(row, file)

@@ -22,6 +22,7 @@ from pytorch_lightning.utilities import move_data_to_device
 
 from mmtrain.contracts import REFERENCES
 from mmtrain.data.transforms.image import IMAGENET_MEAN, IMAGENET_STD
+from mmtrain.strategies import gathers_in_calls, through_call
 
 KEY = "val/samples"
 _MAX_CELL = 200  # characters of a table cell (long captions, embeddings)
@@ -124,7 +125,7 @@ class SamplePredictions(pl.Callback):
         if (
             trainer.sanity_checking
             or trainer.fast_dev_run
-            or not trainer.is_global_zero
+            or not (trainer.is_global_zero or gathers_in_calls(trainer.strategy))
             or trainer.state.fn != TrainerFn.FITTING
             or (trainer.current_epoch + 1) % self.every_n_epochs
         ):
@@ -143,8 +144,11 @@ class SamplePredictions(pl.Callback):
             was_training = pl_module.training
             pl_module.eval()
             with torch.no_grad():
-                rows = pl_module.predict_step(move_data_to_device(batch, pl_module.device), 0)
+                batch = move_data_to_device(batch, pl_module.device)
+                rows = through_call(pl_module, pl_module.predict_step, batch, 0)
             pl_module.train(was_training)
+        if not trainer.is_global_zero:  # fsdp2: every rank took part in the predictions
+            return
         images = batch.get("image")
         if not (isinstance(images, torch.Tensor) and images.dim() == 4 and images.size(1) == 3):
             images = None

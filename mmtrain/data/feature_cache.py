@@ -175,11 +175,14 @@ def _encode_batch(
     Raises:
         MMTrainError: for a mask that is not a prefix (the cache keeps valid tokens only).
     """
+    from mmtrain.strategies import through_call
+
     batch = collate(items, collate_parts)
     x = module._input(modality, batch[modality].to(module.device))
     mask = batch.get(f"{modality}_mask")
     with module.trainer.precision_plugin.forward_context():
-        features = encoder(x, None if mask is None else mask.to(module.device))
+        mask = None if mask is None else mask.to(module.device)
+        features = through_call(module, encoder, x, mask)  # fsdp2: the weights gathered
     tokens = features.tokens.float()  # (B, N, D)
     if features.mask is None:
         return [(row, False) for row in tokens.cpu().numpy()]

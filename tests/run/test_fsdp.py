@@ -1,0 +1,229 @@
+"""Sharded training: ``trainer=fsdp2`` with two real CPU processes (gloo), its sharded
+checkpoints, and the block units of ``trainer=fsdp`` (whose runs need GPUs: the GPU script).
+
+The runs are ``mmtrain fit`` subprocesses with ``tests/resume_probe.py`` (every step's sample
+ids and loss on every rank; each rank's parameter and optimizer bytes at the end), as the
+exact-resume tests run them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from helpers.resume import explain_exit, fit
+from torch import nn
+
+from mmtrain.errors import MMTrainError
+from mmtrain.run import load_checkpoint
+from mmtrain.strategies import AtomicShardedSave, BlockFSDP, read_sharded, shard_blocks
+
+TWO_CPUS = ["trainer.accelerator=cpu", "trainer.devices=2", "data.num_workers=0"]
+FSDP2 = ["trainer=fsdp2", "trainer.precision=32-true", *TWO_CPUS]
+DDP = ["trainer=ddp_cpu", *TWO_CPUS]
+MEMORY = ["+callbacks.memory._target_=resume_probe.MemoryProbe"]
+
+
+def _rows(run: Path) -> list[tuple]:
+    """Every rank's steps: (step, sample ids, loss), sorted."""
+    lines = Path(f"{run}.jsonl").read_text().splitlines()
+    return sorted((r["step"], tuple(r["ids"]), r["loss"]) for r in map(json.loads, lines))
+
+
+def _bytes(run: Path) -> list[dict[str, int]]:
+    return [json.loads(Path(f"{run}.rank{r}.json").read_text()) for r in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, session_dirs, tiny_data) -> dict[str, Path]:
+    """Three epochs under fsdp2 and under DDP, each with two CPU processes."""
+    root = tmp_path_factory.mktemp("fsdp")
+    out = {}
+    for name, trainer in (("fsdp2", FSDP2), ("ddp", DDP)):
+        run = out[name] = root / name
+        code, stdout, err = fit(run, session_dirs["data"], *trainer, *MEMORY,
+                                f"+callbacks.memory.record={run}")  # fmt: skip
+        assert code == 0, explain_exit(code, stdout, err)
+    return out
+
+
+def test_fsdp2_trains_as_ddp_does_on_half_the_memory_per_rank(runs) -> None:
+    """Same samples and losses at every step on every rank as DDP; each rank holds about half
+    of DDP's parameter and optimizer bytes (one of two shards)."""
+    fsdp2, ddp = _rows(runs["fsdp2"]), _rows(runs["ddp"])
+    assert [r[:2] for r in fsdp2] == [r[:2] for r in ddp]
+    assert len(fsdp2) == 2 * 3 * 3  # 2 ranks, 3 epochs of 3 steps
+    assert max(abs(a[2] - b[2]) for a, b in zip(fsdp2, ddp)) < 1e-5
+    for sharded, whole in zip(_bytes(runs["fsdp2"]), _bytes(runs["ddp"])):
+        for kind in ("parameters", "optimizer"):
+            assert 0.4 < sharded[kind] / whole[kind] < 0.6, (kind, sharded, whole)
+    last = runs["fsdp2"] / "checkpoints" / "last.ckpt"
+    assert last.is_dir() and {"__0_0.distcp", "__1_0.distcp", "meta.pt"} <= {
+        p.name for p in last.iterdir()
+    }
+    assert not list(last.parent.glob(".last.ckpt.*"))  # no staging folder left
+
+
+def test_fsdp2_resumes_bit_for_bit_from_a_sharded_checkpoint(runs, session_dirs, tmp_path):
+    """SIGTERM in both processes at step 2, resumed from the sharded last.ckpt/ in new
+    processes: the same steps and losses, weights and optimizer state as the uninterrupted run."""
+    run, data = tmp_path / "stopped", session_dirs["data"]
+    code, out, err = fit(run, data, *FSDP2, "+callbacks.probe.signal_at=[2]")
+    assert code == 128 + signal.SIGTERM, explain_exit(code, out, err)
+    code, out, err = fit(run, data, *FSDP2, f"ckpt_path={run / 'checkpoints/last.ckpt'}")
+    assert code == 0, explain_exit(code, out, err)
+    assert _rows(run) == _rows(runs["fsdp2"])
+    a = read_sharded(runs["fsdp2"] / "checkpoints/last.ckpt")
+    b = read_sharded(run / "checkpoints/last.ckpt")
+    assert (a["global_step"], a["epoch"]) == (b["global_step"], b["epoch"]) == (9, 2)
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert all(torch.equal(v, b["state_dict"][k]) for k, v in a["state_dict"].items())
+    for x, y in zip(a["optimizer_states"][0]["state"].values(),
+                    b["optimizer_states"][0]["state"].values()):  # fmt: skip
+        assert all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_a_sharded_checkpoint_reads_whole_and_tests(runs, scratch) -> None:
+    """``mmtrain test`` reads the directory whole: the same weights as the processes held."""
+    from helpers.cli import explain_run, mmtrain
+
+    last = runs["fsdp2"] / "checkpoints" / "last.ckpt"
+    whole = load_checkpoint(last)
+    assert whole["global_step"] == 9 and "mmtrain" in whole
+    state = whole["state_dict"]
+    assert all(isinstance(v, torch.Tensor) and not hasattr(v, "to_local") for v in state.values())
+    # the positional optimizer state loads into a plain AdamW over the same parameters
+    assert len(whole["optimizer_states"][0]["state"]) == len(
+        [p for g in whole["optimizer_states"][0]["param_groups"] for p in g["params"]]
+    )
+    proc = mmtrain(scratch, "test", f"ckpt_path={last}", "trainer.enable_progress_bar=false")
+    assert proc.returncode == 0, explain_run(proc)
+
+
+def test_a_sharded_checkpoint_missing_a_rank_is_one_error(runs, tmp_path, scratch) -> None:
+    from helpers.cli import explain_run, mmtrain
+
+    broken = tmp_path / "last.ckpt"
+    shutil.copytree(runs["fsdp2"] / "checkpoints" / "last.ckpt", broken)
+    (broken / "__1_0.distcp").unlink()
+    before = sorted(p.name for p in broken.iterdir())
+    with pytest.raises(MMTrainError, match=r"missing 1 of its 2 shard files \(__1_0.distcp\)"):
+        load_checkpoint(broken)
+    proc = mmtrain(scratch, "fit", *FSDP2, f"ckpt_path={broken}")
+    assert proc.returncode == 1, explain_run(proc)
+    assert "__1_0.distcp" in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in broken.iterdir()) == before  # nothing written over it
+    # a directory resumes only under a sharded trainer
+    proc = mmtrain(scratch, "fit", f"ckpt_path={runs['fsdp2'] / 'checkpoints/last.ckpt'}")
+    assert proc.returncode == 1, explain_run(proc)
+    assert "resume it with a sharded trainer" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_foreign_index_is_not_unpickled(tmp_path) -> None:
+    """``.metadata`` is a pickle: only the classes of a checkpoint index are allowed."""
+    import pickle
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / ".metadata").write_bytes(pickle.dumps(print))
+    torch.save({}, folder / "meta.pt")
+    with pytest.raises(MMTrainError, match=r"builtins.print is not part of a checkpoint index"):
+        load_checkpoint(folder)
+
+
+# ---- the units -----------------------------------------------------------------------------------
+class _Tower(nn.Module):
+    """A part naming its blocks, one of which holds a Transformer layer (not a unit then)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Linear(4, 8)
+        self.layers = nn.ModuleList(
+            [nn.Sequential(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True))]
+            + [nn.Sequential(nn.Linear(8, 8)) for _ in range(2)]
+        )
+
+    def blocks(self) -> list[nn.Module]:
+        return list(self.layers)
+
+
+def _llama(tmp_path: Path) -> nn.Module:
+    from helpers.tiny_lm import tiny_llama_lm
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_llama_lm(tmp_path / "lm"))
+
+
+def test_the_units_are_the_parts_blocks(tmp_path) -> None:
+    """Blocks from blocks(), from an HF model's _no_split_modules and torch's Transformer
+    layers; the outermost only, so a Transformer layer inside a listed block is not a unit."""
+    lm = _llama(tmp_path)
+    own = nn.TransformerDecoderLayer(8, 2, 16, batch_first=True)
+    model = nn.ModuleDict({"tower": _Tower(), "lm": lm, "decoder": nn.ModuleList([own])})
+    blocks = shard_blocks(model)
+    assert blocks[:3] == list(model["tower"].layers)
+    assert blocks[3:5] == list(lm.model.layers)  # LlamaDecoderLayer, from _no_split_modules
+    assert blocks[5:] == [own] and len(blocks) == 6
+
+
+def test_fsdp_wraps_and_checkpoints_the_block_classes(tmp_path) -> None:
+    """``trainer=fsdp``'s policies (its runs need GPUs): one unit per block class."""
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    lm = _llama(tmp_path)
+    model = nn.ModuleDict({"tower": _Tower(), "lm": lm})
+    strategy = BlockFSDP(activation_checkpointing_policy="blocks")
+    policies = strategy.policies(model)
+    wrap = policies["auto_wrap_policy"]
+    assert isinstance(wrap, ModuleWrapPolicy)
+    names = {c.__name__ for c in wrap._module_classes}
+    assert names == {"Sequential", "LlamaDecoderLayer"}
+    checkpointed = policies["activation_checkpointing"]["auto_wrap_policy"]
+    assert checkpointed._module_classes == wrap._module_classes
+    assert strategy.kwargs["use_orig_params"] is True and strategy.sharded
+    plain = BlockFSDP(auto_wrap_policy=None, state_dict_type="full")
+    assert plain.policies(model) == {} and not plain.sharded
+
+
+# ---- the atomic save -----------------------------------------------------------------------------
+class _Writer:
+    """A strategy's sharded save on one process: writes two shard files, or fails midway."""
+
+    fail = False
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, options: Any = None) -> None:
+        path.mkdir(parents=True)
+        (path / "__0_0.distcp").write_text(checkpoint["v"])
+        if self.fail:
+            raise OSError("killed")
+        (path / "meta.pt").write_text(checkpoint["v"])
+
+
+class _Saver(AtomicShardedSave, _Writer):
+    sharded, global_rank = True, 0
+
+    def broadcast(self, obj: Any) -> Any:
+        return obj
+
+    def barrier(self, name: str | None = None) -> None:
+        pass
+
+
+def test_a_sharded_save_replaces_the_directory_whole_or_not_at_all(tmp_path) -> None:
+    saver, last = _Saver(), tmp_path / "last.ckpt"
+    saver.save_checkpoint({"v": "1"}, last)
+    saver.save_checkpoint({"v": "2"}, last)
+    assert (last / "meta.pt").read_text() == "2"
+    saver.fail = True
+    with pytest.raises(OSError, match="killed"):
+        saver.save_checkpoint({"v": "3"}, last)
+    assert (last / "meta.pt").read_text() == "2"  # the previous checkpoint, whole
+    saver.fail = False
+    saver.save_checkpoint({"v": "4"}, last)  # the next save clears the half-written folder
+    assert (last / "meta.pt").read_text() == "4"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
