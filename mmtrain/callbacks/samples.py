@@ -143,9 +143,10 @@ class SamplePredictions(pl.Callback):
                 return
             was_training = pl_module.training
             pl_module.eval()
-            with torch.no_grad():
-                batch = move_data_to_device(batch, pl_module.device)
-                rows = through_call(pl_module, pl_module.predict_step, batch, 0)
+            precision = trainer.precision_plugin  # bf16-true: the inputs in bf16 too
+            with torch.no_grad(), precision.forward_context():
+                inputs = precision.convert_input(move_data_to_device(batch, pl_module.device))
+                rows = through_call(pl_module, pl_module.predict_step, inputs, 0)
             pl_module.train(was_training)
         if not trainer.is_global_zero:  # fsdp2: every rank took part in the predictions
             return

@@ -227,3 +227,45 @@ def test_a_sharded_save_replaces_the_directory_whole_or_not_at_all(tmp_path) -> 
     saver.save_checkpoint({"v": "4"}, last)  # the next save clears the half-written folder
     assert (last / "meta.pt").read_text() == "4"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+# ---- more than the default model -----------------------------------------------------------------
+def test_fsdp2_trains_lora_next_to_a_frozen_lm_and_tests_from_its_shards(scratch, tiny_data):
+    """experiment=shapes_llm with phase=lora: frozen LM weights and trainable adapters in the
+    same sharded blocks, generation (validation, test) through the sharded LM, bf16-true."""
+    from helpers.cli import explain_run, mmtrain
+
+    lm = {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+          "num_attention_heads": 4, "num_key_value_heads": 2,
+          "max_position_embeddings": 128}  # fmt: skip
+    args = ["experiment=shapes_llm", *(f"head.caption.config.{k}={v}" for k, v in lm.items()),
+            "phase=lora", "peft.r=4", "data.batch_size=4", "data.dataset.num_train=16",
+            "data.dataset.num_val=8", "trainer.max_epochs=1",
+            "trainer.limit_val_batches=1"]  # fmt: skip
+    run = scratch["out"] / "llm"
+    proc = mmtrain(scratch, "fit", *args, "trainer=fsdp2", "trainer.precision=bf16-true",
+                   *TWO_CPUS, f"hydra.run.dir={run}", timeout=300)  # fmt: skip
+    assert proc.returncode == 0, explain_run(proc)
+    assert "fsdp2: 2 blocks sharded over 2 processes" in proc.stderr + proc.stdout
+    state = load_checkpoint(run / "checkpoints" / "last.ckpt")["state_dict"]
+    adapters = [k for k in state if "lora_" in k]
+    assert adapters and all(state[k].dtype == torch.bfloat16 for k in adapters)
+    proc = mmtrain(scratch, "test", f"ckpt_path={run / 'checkpoints/last.ckpt'}",
+                   "trainer.enable_progress_bar=false", "data.dataset.num_test=8")  # fmt: skip
+    assert proc.returncode == 0, explain_run(proc)
+
+
+@pytest.mark.slow
+def test_fsdp2_activation_checkpointing_recomputes_the_same_steps(session_dirs, tmp_path):
+    """Without dropout (whose random stream checkpointing's recomputation shifts), the same
+    losses with and without activation checkpointing."""
+    same = [*FSDP2, "trainer.max_epochs=1", "head.caption.dropout=0.0"]
+    rows = []
+    for name, extra in (
+        ("plain", []),
+        ("checkpointed", ["trainer.strategy.activation_checkpointing=true"]),
+    ):
+        code, out, err = fit(tmp_path / name, session_dirs["data"], *same, *extra)
+        assert code == 0, explain_exit(code, out, err)
+        rows.append(_rows(tmp_path / name))
+    assert rows[0] == rows[1]
