@@ -46,7 +46,7 @@ bench: install-dev                     ## mmtrain vs plain PyTorch: overhead (al
 	$(BIN)/python scripts/bench.py $(ARGS)
 	$(BIN)/python scripts/bench_llm.py $(filter --quick,$(ARGS))
 
-bench-gpu: install                     ## GPU: coco_caption ViT-B/16, then coco_caption_llm's shape (1.1B Llama, LoRA), eager vs compile: samples/s, tokens/s, MFU, memory, data wait (< 5 min each; ARGS="--smoke" on a CPU)
+bench-gpu: install                     ## GPU: coco_caption ViT-B/16, then coco_caption_llm's shape (1.1B Llama, LoRA), eager vs compile vs FSDP on one device: samples/s, tokens/s, MFU, memory, data wait (< 5 min each; ARGS="--smoke" on a CPU)
 	$(BIN)/python scripts/bench_gpu.py $(ARGS)
 	$(BIN)/python scripts/bench_gpu.py --model llm --out outputs/bench/gpu_llm.json $(ARGS)
 

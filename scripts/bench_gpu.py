@@ -1,6 +1,8 @@
 """GPU benchmark of the coco_caption model with ViT-B/16 (or, ``--model llm``, of the
 coco_caption_llm model in its shape: ViT-B/16 -> mlp2x_gelu -> a random 1.1B Llama with LoRA):
-eager vs ``model.compile=true``.
+eager vs ``model.compile=true`` vs ``trainer=fsdp`` on the same one device (the cost of FSDP's
+wrapping, one unit per block, against plain training; ``fsdp_speed_ratio`` and
+``fsdp_memory_ratio``).
 
 One prepared script for a machine with a GPU (written for an H100/H200 with 16 CPU cores and no
 internet; meant to take under 5 minutes: ``--budget``, 275 s, is a hard limit: a run that
@@ -75,7 +77,7 @@ go to ``<name>_runs/`` next to it. Exits non-zero (after writing both) when a ru
 
     .venv/bin/python scripts/bench_gpu.py [--out PATH] [--batch-size 128] [--steps 40]
         [--warmup 10] [--images N] [--workers 12] [--precision bf16-mixed]
-        [--peak-tflops X] [--budget 275] [--modes eager,compile] [--smoke] [overrides ...]
+        [--peak-tflops X] [--budget 275] [--modes eager,compile,fsdp] [--smoke] [overrides ...]
 """
 
 from __future__ import annotations
@@ -98,7 +100,11 @@ from typing import Any
 from bench import TRAINING_ONLY  # scripts/ is on the path: this script's folder
 
 SCRIPTS = Path(__file__).resolve().parent
-MODES = ("eager", "compile")
+MODES = ("eager", "compile", "fsdp")
+# What each mode adds to the plain (eager) run. fsdp: trainer=fsdp on this one device (one unit
+# per block, sharded over one process: the cost of the wrapping itself, against plain training);
+# on a CPU (--smoke) Lightning refuses FSDP, so the smoke run checks trainer=fsdp2 instead.
+MODE_SHARE = {"eager": 0.3, "compile": 0.4, "fsdp": 0.3}  # of --budget, at most
 CAPTIONS_PER_IMAGE = 5  # write_synthetic_coco; the train split has an item per caption
 GIB = 2**30
 # Peak dense (no sparsity) BF16 tensor-core FLOP/s from the vendor datasheets (NVIDIA H100,
@@ -567,6 +573,15 @@ def summarise(record: dict[str, Any], warmup: int) -> dict[str, Any]:
     }
 
 
+def _trainer(mode: str, accelerator: str) -> list[str]:
+    """The trainer overrides of ``mode``: plain on one device, or sharded over one process."""
+    if mode != "fsdp":
+        return [f"trainer={accelerator}"]
+    if accelerator == "gpu":
+        return ["trainer=fsdp", "trainer.devices=1"]
+    return ["trainer=fsdp2", "trainer.accelerator=cpu", "trainer.devices=1"]
+
+
 def run_mode(
     mode: str, args: argparse.Namespace, root: Path, env: dict[str, str], runs: Path, timeout: float
 ) -> dict[str, Any]:
@@ -579,7 +594,7 @@ def run_mode(
     overrides = [
         *(LLM_OVERRIDES if llm else FIT_OVERRIDES),
         f"data.root={json.dumps(str(root))}",
-        f"trainer={'gpu' if args.accelerator == 'gpu' else 'cpu'}",
+        *_trainer(mode, args.accelerator),
         f"trainer.precision={args.precision}",
         f"data.batch_size={args.batch_size}",
         f"data.num_workers={args.workers}",
@@ -646,19 +661,21 @@ def run_mode(
 
 def finish(result: dict[str, Any], args: argparse.Namespace) -> None:
     """FLOPs of the compile run (the eager count), MFU, the speed-up."""
-    eager, comp = result["eager"], result["compile"]
-    device = next((m["device"] for m in (eager, comp) if m.get("device")), None)
+    eager, comp, fsdp = (result[m] for m in MODES)
+    device = next((result[m]["device"] for m in MODES if result[m].get("device")), None)
     peak = peak_flops(device, args.peak_tflops)
     result.update(device=device, peak_flops=peak["flops"], peak_flops_source=peak["source"])
-    result["torch"] = next((m["torch"] for m in (eager, comp) if m.get("torch")), result["torch"])
-    result["cuda"] = next((m["cuda"] for m in (eager, comp) if m.get("cuda")), None)
-    if "flops_per_step" in eager and "error" not in comp and "flops_per_step" not in comp:
-        comp.update(
-            flops_per_step=eager["flops_per_step"],
-            flops_per_sample=eager["flops_per_sample"],
-            flops_source="the eager run's count (the same computation)",
-        )
-    for mode in (eager, comp):
+    runs = [result[m] for m in MODES]
+    result["torch"] = next((m["torch"] for m in runs if m.get("torch")), result["torch"])
+    result["cuda"] = next((m["cuda"] for m in runs if m.get("cuda")), None)
+    for other in (comp, fsdp):
+        if "flops_per_step" in eager and "error" not in other and "flops_per_step" not in other:
+            other.update(
+                flops_per_step=eager["flops_per_step"],
+                flops_per_sample=eager["flops_per_sample"],
+                flops_source="the eager run's count (the same computation)",
+            )
+    for mode in (result[m] for m in MODES):
         if "error" in mode:  # the same keys, null
             for key in PER_MODE_KEYS:
                 mode.setdefault(key, None)
@@ -681,6 +698,10 @@ def finish(result: dict[str, Any], args: argparse.Namespace) -> None:
         if ok
         else None
     )
+    ok = eager.get("samples_per_s") and fsdp.get("samples_per_s")
+    result["fsdp_speed_ratio"] = fsdp["samples_per_s"] / eager["samples_per_s"] if ok else None
+    ok = ok and eager.get("peak_memory_gib") and fsdp.get("peak_memory_gib")
+    result["fsdp_memory_ratio"] = fsdp["peak_memory_gib"] / eager["peak_memory_gib"] if ok else None
 
 
 def _fmt(value: Any, spec: str, scale: float = 1.0) -> str:
@@ -747,6 +768,12 @@ def print_table(result: dict[str, Any]) -> None:
             f"compile speed-up {result['compile_speedup']:.2f}x "
             f"(excluding data wait: {result['compile_speedup_excluding_data_wait']:.2f}x)"
         )
+    if result.get("fsdp_speed_ratio") is not None:
+        memory = result.get("fsdp_memory_ratio")
+        print(
+            f"fsdp on one device against plain: {result['fsdp_speed_ratio']:.2f}x samples/s"
+            + (f", {memory:.2f}x peak memory" if memory is not None else "")
+        )
     print(f"wall time {result['wall_s']:.0f} s; JSON: {result['out']}")
 
 
@@ -768,7 +795,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=12, help="data-loader processes")
     p.add_argument("--precision", default="bf16-mixed", help="trainer.precision")
     p.add_argument("--peak-tflops", type=float, help="peak dense FLOP/s of the device, in TFLOP/s")
-    p.add_argument("--modes", default=",".join(MODES), help="eager,compile or one of them")
+    p.add_argument("--modes", default=",".join(MODES), help="eager,compile,fsdp or some of them")
     p.add_argument(
         "--budget",
         type=float,
@@ -805,7 +832,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"need 1 <= --warmup < --steps, got {args.warmup} and {args.steps}")
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not args.modes or set(args.modes) - set(MODES):
-        p.error(f"--modes: one or both of {MODES}, got {args.modes}")
+        p.error(f"--modes: some of {MODES}, got {args.modes}")
     need = math.ceil(args.steps * args.batch_size / CAPTIONS_PER_IMAGE)
     args.images = args.images or need
     if args.images < need:
@@ -866,9 +893,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if left < 20:
             result[mode] = {"error": f"no time left in --budget {args.budget:.0f} s", "log": None}
             continue
-        timeout = left
-        if mode == "eager" and "compile" in args.modes:  # at most 40%: compile needs the rest
-            timeout = min(left, max(20.0, 0.4 * args.budget))
+        later = [m for m in MODES[MODES.index(mode) + 1 :] if m in args.modes]
+        timeout = left if not later else min(left, max(20.0, MODE_SHARE[mode] * args.budget))
         result[mode] = run_mode(mode, args, root, env, runs, timeout)
     finish(result, args)
     result.update(wall_s=time.perf_counter() - wall, out=str(args.out))

@@ -48,9 +48,12 @@ def test_a_gpu_preset_on_a_cpu_host_is_one_clear_error(preset, compose_config, t
 def test_scale_presets_name_their_strategy(compose_config, tmp_path):
     strategies = {
         p: compose_config(f"trainer={p}", output_dir=tmp_path).trainer.strategy
-        for p in ("ddp", "fsdp", "deepspeed")
+        for p in ("ddp", "fsdp", "fsdp2", "deepspeed")
     }
-    assert strategies == {"ddp": "ddp", "fsdp": "fsdp", "deepspeed": "deepspeed_stage_2"}
+    assert strategies["ddp"] == "ddp" and strategies["deepspeed"] == "deepspeed_stage_2"
+    assert strategies["fsdp"]._target_ == "mmtrain.strategies.BlockFSDP"
+    assert strategies["fsdp"].auto_wrap_policy == "blocks"
+    assert strategies["fsdp2"]._target_ == "mmtrain.strategies.ShardedDataParallel"
     assert (
         compose_config("trainer=ddp", "trainer.num_nodes=4", output_dir=tmp_path).trainer[
             "num_nodes"
