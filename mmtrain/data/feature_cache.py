@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,6 +46,7 @@ from mmtrain.contracts import FEATURES
 from mmtrain.data.bad_samples import BadSample, TransformedDataset
 from mmtrain.data.collate import collate
 from mmtrain.errors import MMTrainError
+from mmtrain.utils.base_weights import whole
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +152,8 @@ def fingerprint(
     digest = hashlib.sha256()
     for name, tensor in sorted(encoder.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+        tensor = whole(tensor.detach()).cpu().contiguous()  # fsdp2: gathered
+        digest.update(tensor.view(-1).view(torch.uint8).numpy())
     digest.update(repr(type(encoder)).encode())
     digest.update(preprocessing.encode())
     if probe is not None:
@@ -196,6 +199,14 @@ def _encode_batch(
     return [(row[:n], True) for n, row in zip(valid.tolist(), tokens.cpu().numpy())]
 
 
+def _collective(module: Any) -> bool:
+    """Whether a call of the model is collective (``trainer=fsdp2``: each gathers the others'
+    shards), so that every rank must make as many as the others."""
+    from mmtrain.strategies import gathers_in_calls
+
+    return gathers_in_calls(module.trainer.strategy)
+
+
 def _compute_part(
     encoder: nn.Module,
     modality: str,
@@ -209,9 +220,12 @@ def _compute_part(
     on_error: str,
     module: Any,
     collate_parts: Any = None,
+    busiest: int = 0,
 ) -> bool:
     """Encode ``indices`` of ``dataset`` into ``folder`` (``tokens.bin``, ``offsets.npy``,
-    ``meta.json`` last); returns whether the encoder gave a mask."""
+    ``meta.json`` last); returns whether the encoder gave a mask. ``busiest``: the batches
+    of the rank with the most samples (``trainer=fsdp2`` makes every rank call as often)."""
+    collective = _collective(module)
     folder.mkdir(parents=True, exist_ok=True)
     loader = DataLoader(
         torch.utils.data.Subset(dataset, indices),
@@ -221,7 +235,8 @@ def _compute_part(
         generator=torch.Generator(),  # not the global random state: dropout stays the same
     )
     offsets, errors, masked, dim = [0], {}, False, int(getattr(encoder, "out_dim", 0))
-    position = 0
+    position, calls = 0, 0
+    spare = [dataset[indices[0] if indices else 0]] if collective else []  # for extra calls
     with (folder / "tokens.bin").open("wb") as out, torch.no_grad():
         for items in loader:
             batch_indices = indices[position : position + len(items)]
@@ -230,6 +245,9 @@ def _compute_part(
             encoded = iter(
                 _encode_batch(encoder, modality, good, module, collate_parts) if good else []
             )
+            calls += 1
+            if not good and collective:  # the others call the model now: so does this rank
+                _encode_batch(encoder, modality, spare, module, collate_parts)
             for index, item in zip(batch_indices, items):
                 if isinstance(item, BadSample):
                     if on_error == "raise":
@@ -241,6 +259,8 @@ def _compute_part(
                 masked, dim = masked or has_mask, tokens.shape[1]
                 out.write(np.ascontiguousarray(tokens, dtype=_DTYPES[dtype]).tobytes())
                 offsets.append(offsets[-1] + tokens.shape[0])
+        for _ in range(busiest - calls if collective else 0):  # as many calls as the others
+            _encode_batch(encoder, modality, spare, module, collate_parts)
     np.save(folder / "offsets.npy", np.asarray(offsets, dtype=np.int64))
     meta = {"dim": dim, "dtype": dtype, "masked": masked, "errors": errors}
     (folder / "meta.json").write_text(json.dumps(meta))
@@ -343,6 +363,7 @@ def _build(
             on_error=datamodule.on_error,
             module=module,
             collate_parts=datamodule.parts,
+            busiest=math.ceil(math.ceil(size / world) / datamodule.batch_size),
         )
     finally:
         encoder.train(was_training)

@@ -45,11 +45,16 @@ def frozen_keys(model: torch.nn.Module, module_path: str) -> list[str]:
     ]
 
 
+def whole(tensor: Tensor) -> Tensor:
+    """``tensor`` whole: a DTensor (``trainer=fsdp2``) gathered from every rank (collective)."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
 def fingerprint(tensors: dict[str, Tensor]) -> str:
     """A short hash of ``tensors`` (see the module docstring); keys are compared canonical."""
     digest = hashlib.sha256()
     for key in sorted(tensors, key=canonical):
-        tensor = tensors[key].detach()
+        tensor = whole(tensors[key].detach())
         flat = tensor.reshape(-1)
         step = max(1, flat.numel() // SAMPLES)
         values = flat[::step][:SAMPLES].to(device="cpu", dtype=torch.float32)

@@ -269,3 +269,22 @@ def test_fsdp2_activation_checkpointing_recomputes_the_same_steps(session_dirs, 
         assert code == 0, explain_exit(code, out, err)
         rows.append(_rows(tmp_path / name))
     assert rows[0] == rows[1]
+
+
+def test_fsdp2_builds_the_feature_cache_on_ranks_of_unequal_shares(session_dirs, tmp_path):
+    """data.cache_features with a frozen tower: 25 samples over 2 ranks (13 and 12: a rank makes
+    an extra, unused call of the sharded model as the other encodes its last batch). The cache
+    holds the features DDP's ranks compute."""
+    from mmtrain.data.feature_cache import FeatureStore
+
+    cached = ["encoder.image.freeze=true", "data.cache_features=true",
+              "data.dataset.num_train=25", "trainer.max_epochs=1"]  # fmt: skip
+    stores = {}
+    for name, trainer in (("fsdp2", FSDP2), ("ddp", DDP)):
+        code, out, err = fit(tmp_path / name, session_dirs["data"], *trainer, *cached)
+        assert code == 0, explain_exit(code, out, err)
+        (folder,) = (tmp_path / name / "feature_cache").glob("*/train/image")
+        stores[name] = FeatureStore(folder)
+    assert len(stores["fsdp2"]) == len(stores["ddp"]) == 25
+    for i in range(25):
+        torch.testing.assert_close(stores["fsdp2"][i], stores["ddp"][i], atol=1e-3, rtol=1e-3)
