@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import QUIET, TINY_DATA
+from torch import nn
 from torch.utils.data import Dataset
 
 from mmtrain.contracts import Features
@@ -118,13 +119,20 @@ class _MaskedEncoder(torch.nn.Module):
         return Features(tokens, mask)
 
 
-def _module() -> SimpleNamespace:
-    precision = SimpleNamespace(forward_context=nullcontext)
-    return SimpleNamespace(
-        _input=lambda m, x: x, device=torch.device("cpu"), trainer=SimpleNamespace(
-            precision_plugin=precision
-        ),
-    )  # fmt: skip
+class _Module(nn.Module):
+    """What the cache uses of the LightningModule: its input hook, device and trainer."""
+
+    device = torch.device("cpu")
+    trainer = SimpleNamespace(
+        precision_plugin=SimpleNamespace(forward_context=nullcontext), strategy=None
+    )
+
+    def _input(self, modality: str, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def _module() -> _Module:
+    return _Module()
 
 
 def _build(folder: Path, on_error: str, world: int = 1) -> FeatureStore:
