@@ -30,6 +30,9 @@ from mmtrain.contracts import STAGES
 STAGE_ENV = "MMTRAIN_STAGE"  # the stage, for DDP worker processes that re-run the command
 # What Lightning's DDP launcher sets in the launching process (see _end_distributed).
 DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+# The stages composed by Hydra: the trainer's (STAGES, mmtrain.run.run) and export
+# (configs/export.yaml, mmtrain.export.export).
+HYDRA_STAGES = (*STAGES, "export")
 
 USAGE = """\
 usage: mmtrain <stage> [overrides] [hydra options]
@@ -44,6 +47,9 @@ stages:
   report     plots and an HTML page of a run or sweep directory: mmtrain report <dir>
   shard      write a data set as webdataset tar shards, for data=webdataset:
              mmtrain shard <data preset> out=<dir> [overrides]
+  export     a checkpoint as safetensors, one consolidated checkpoint, ONNX, torch.export
+             or Hugging Face files, with a model card:
+             mmtrain export ckpt_path=<ckpt> format=<format> out=<dir>
 
 examples:
   mmtrain fit                                   # the default experiment (shapes)
@@ -54,6 +60,7 @@ examples:
   mmtrain test ckpt_path=outputs/shapes/<date>/<time>/checkpoints/last.ckpt
   mmtrain fit ckpt_path=last                    # resume the newest run of the experiment
   mmtrain fit init_from=<ckpt> encoder.image.freeze=true  # fine-tune from another run
+  mmtrain export ckpt_path=<ckpt> format=onnx out=exports/shapes  # serve it elsewhere
   mmtrain fit --cfg job                         # print the composed config and exit
 
 `mmtrain <stage> --help` lists the config groups and their options.
@@ -163,7 +170,7 @@ def resume_last(stage: str, line: CommandLine) -> list[str]:
         (p for p in root.glob("*/*/checkpoints/last.ckpt") if p.parts[-4] != "multirun"),
         key=lambda p: (p.parent.parent.parent.name, p.parent.parent.name),
     )
-    if run_dir is not None and (run_dir / "checkpoints" / "last.ckpt").is_file():
+    if run_dir is not None and (run_dir / "checkpoints" / "last.ckpt").exists():
         found.append(run_dir / "checkpoints" / "last.ckpt")  # the run directory named wins
     if not found:
         named = f", nor in hydra.run.dir={run_dir}" if run_dir is not None else ""
@@ -267,7 +274,7 @@ def sweep_job(stage: str, cfg: Any, previous: dict[str, list[str]] | None) -> fl
                 f"mmtrain {stage}: job {num}: {job_dir} held another trial; moved to {stale}",
                 file=sys.stderr,
             )
-        elif same and stage == "fit" and last.is_file() and not cfg.get("ckpt_path"):
+        elif same and stage == "fit" and last.exists() and not cfg.get("ckpt_path"):
             with open_dict(cfg):
                 cfg.ckpt_path = str(last)
             resumed = True
@@ -371,11 +378,11 @@ def main(argv: list[str] | None = None) -> Any:
         from mmtrain.data.shard import main as shard_main
 
         return shard_main(rest)
-    if stage not in STAGES:
-        close = difflib.get_close_matches(stage, STAGES, n=1)
+    if stage not in HYDRA_STAGES:
+        close = difflib.get_close_matches(stage, HYDRA_STAGES, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         print(
-            f"mmtrain: unknown stage {stage!r}{hint} (choose from {', '.join(STAGES)})",
+            f"mmtrain: unknown stage {stage!r}{hint} (choose from {', '.join(HYDRA_STAGES)})",
             file=sys.stderr,
         )
         sys.exit(2)
@@ -443,6 +450,11 @@ def main(argv: list[str] | None = None) -> Any:
         from mmtrain.errors import MMTrainError, Preempted
 
         try:
+            if stage == "export":  # not a trainer stage: the checkpoint written in a format
+                from mmtrain.export import export
+
+                export(cfg)
+                return None
             if HydraConfig.get().mode == RunMode.MULTIRUN:
                 launched = {k: os.environ.get(k) for k in DDP_ENV}
                 try:

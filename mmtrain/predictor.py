@@ -1,4 +1,4 @@
-"""The Python inference API: ``mmtrain.load(checkpoint)`` returns a :class:`Predictor`.
+"""The Python inference API: ``mmtrain.load(checkpoint or export)`` returns a :class:`Predictor`.
 
     import mmtrain
     predictor = mmtrain.load("outputs/shapes/.../checkpoints/best.ckpt")
@@ -8,7 +8,10 @@
 The model is rebuilt from the checkpoint alone, as ``mmtrain predict ckpt_path=...`` does
 (its stored config, data state and model files; a trimmed checkpoint's bases from their
 folders, fingerprints checked), and each input goes through the model's own preprocessing
-(the data side's inputs, fitted state restored) before the model predicts.
+(the data side's inputs, fitted state restored) before the model predicts. An ``mmtrain export``
+folder loads the same way: ``format=safetensors`` and ``format=checkpoint`` (and ``format=hf``
+in mmtrain's layout); for an ONNX, torch.export or llava-layout export, the error says how to
+load it instead.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from mmtrain.data.io import load_audio, load_image
 from mmtrain.errors import MMTrainError
 
 FILES = {"image": load_image, "audio": load_audio}  # a path given for a modality is read so
+EXPORT_FILES = (".safetensors", ".onnx", ".pt2")  # an export's model file stands for its folder
 
 
 class Predictor:
@@ -53,28 +57,50 @@ class Predictor:
             MMTrainError: for a file that is not an mmtrain checkpoint, or one that does not
                 rebuild (naming the file).
         """
-        from mmtrain.build import build_datamodule, build_module, task_targets
-        from mmtrain.config import task_config
-        from mmtrain.run import (
-            config_from_checkpoint,
-            load_checkpoint,
-            load_weights,
-            predict_on_inputs,
-            use_stored_models,
-        )
+        from mmtrain.run import load_checkpoint
 
-        ckpt = load_checkpoint(path, key="mmtrain.load")
-        stored = ckpt[CHECKPOINT_KEY]
+        return cls._rebuilt(load_checkpoint(path, key="mmtrain.load"), str(path), device)
+
+    @classmethod
+    def from_export(cls, folder: str | Path, device: str | torch.device = "cpu") -> Predictor:
+        """Rebuild the model of a ``format=safetensors`` export folder (``mmtrain export``):
+        its config, data state and model files from ``mmtrain.json`` and ``models/``, every
+        weight from ``model.safetensors``.
+
+        Raises:
+            MMTrainError: for a folder that is not a safetensors export, or one that does not
+                rebuild (naming the folder).
+        """
+        from mmtrain.export.weights import read_safetensors_export
+
+        return cls._rebuilt(read_safetensors_export(Path(folder)), str(folder), device)
+
+    @classmethod
+    def from_hf_export(cls, folder: str | Path, device: str | torch.device = "cpu") -> Predictor:
+        """Rebuild the model of a ``format=hf`` export in mmtrain's layout (see
+        :mod:`mmtrain.export.hf`; a llava-layout folder is loaded with transformers).
+
+        Raises:
+            MMTrainError: for a folder that is not one, naming it.
+        """
+        from mmtrain.config import task_config
+        from mmtrain.export.hf import rebuild_hf_export
+
         with tempfile.TemporaryDirectory(prefix="mmtrain_load_") as scratch:
             base = task_config("predict", [], Path(scratch))
-            cfg = task_targets(config_from_checkpoint(stored["config"], base))
-            models = stored.get("models") or {}
-            use_stored_models(cfg, models, Path(scratch) / "models", stored.get("base") or {})
-            predict_on_inputs(cfg, scratch)
-            datamodule = build_datamodule(cfg)
-            datamodule.load_state_dict(stored.get("data") or {})
-            model = build_module(cfg, datamodule.facts(), stored["config"])
-        load_weights(model, ckpt, str(path))
+            _, datamodule, model = rebuild_hf_export(
+                Path(folder), base, Path(scratch), inputs=scratch
+            )
+        return cls(model, datamodule, device)
+
+    @classmethod
+    def _rebuilt(cls, ckpt: dict[str, Any], path: str, device: str | torch.device) -> Predictor:
+        """A predictor of a loaded checkpoint, its data reading raw inputs."""
+        with tempfile.TemporaryDirectory(prefix="mmtrain_load_") as scratch:
+            from mmtrain.config import task_config
+
+            base = task_config("predict", [], Path(scratch))
+            _, datamodule, model = rebuild(ckpt, path, base, Path(scratch), inputs=scratch)
         return cls(model, datamodule, device)
 
     def _values(self, inputs: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
@@ -173,9 +199,90 @@ def _raw(modality: str, value: Any) -> Any:
     return value
 
 
+def rebuild(
+    ckpt: dict[str, Any], path: str, cfg: Any, scratch: Path, inputs: str | None = None
+) -> tuple[Any, Any, Any]:
+    """Rebuild the model of a loaded checkpoint from what it stores (config, data state, model
+    files), as ``mmtrain predict ckpt_path=...`` does: the predictor and ``mmtrain export``
+    share this.
+
+    Args:
+        ckpt: what :func:`mmtrain.run.load_checkpoint` returns (or an export read back).
+        path: the checkpoint, for messages.
+        cfg: the composed config of this command (trainer, paths...); the model and data
+            keys come from the checkpoint.
+        scratch: a folder for the stored model files (pretrained parts are built from them);
+            it must outlive the build only.
+        inputs: read raw inputs from this folder instead of the data set (the predictor), or
+            None to keep the checkpoint's data set (``mmtrain export``'s parity batch).
+
+    Returns:
+        ``(config, data module, model)``: the data module's fitted state restored (not set
+        up), the model's weights loaded, in training mode as built.
+
+    Raises:
+        MMTrainError: when the checkpoint does not rebuild or its weights do not fit.
+    """
+    from mmtrain.build import build_datamodule, build_module, task_targets
+    from mmtrain.run import (
+        config_from_checkpoint,
+        load_weights,
+        predict_on_inputs,
+        use_stored_models,
+    )
+
+    stored = ckpt[CHECKPOINT_KEY]
+    cfg = task_targets(config_from_checkpoint(stored["config"], cfg))
+    models = stored.get("models") or {}
+    use_stored_models(cfg, models, scratch / "models", stored.get("base") or {})
+    if inputs is not None:
+        predict_on_inputs(cfg, inputs)
+    datamodule = build_datamodule(cfg)
+    datamodule.load_state_dict(stored.get("data") or {})
+    model = build_module(cfg, datamodule.facts(), stored["config"])
+    load_weights(model, ckpt, path)
+    return cfg, datamodule, model
+
+
 def load(path: str | Path, device: str | torch.device = "cpu") -> Predictor:
-    """See :meth:`Predictor.from_checkpoint`."""
-    return Predictor.from_checkpoint(path, device)
+    """A predictor of an mmtrain checkpoint (a file, or what
+    :func:`mmtrain.run.load_checkpoint` reads) or of an ``mmtrain export`` folder
+    (``format=safetensors`` or ``checkpoint``; ``hf`` in mmtrain's layout), or of the export's
+    weights file (``out/model.safetensors``).
+
+    Raises:
+        MMTrainError: for a path that is neither (one line naming it); for an export in
+            another format, how to load that one instead.
+    """
+    from mmtrain.export.weights import CHECKPOINT, export_format, load_hint
+
+    path = Path(path)
+    if path.is_file() and path.suffix in EXPORT_FILES and export_format(path.parent) is not None:
+        path = path.parent  # out/model.safetensors: the export folder it belongs to
+    kind = export_format(path)
+    if kind == "safetensors":
+        return Predictor.from_export(path, device)
+    if kind == "checkpoint":  # format=checkpoint: one consolidated file
+        return Predictor.from_checkpoint(path / CHECKPOINT, device)
+    if kind == "hf" and (path / "mmtrain_hf.json").is_file():  # hf's mmtrain layout
+        return Predictor.from_hf_export(path, device)
+    if kind is not None:
+        raise MMTrainError(load_hint(path, kind))
+    if not path.exists():
+        raise MMTrainError(f"mmtrain.load: no such file or folder: {path}")
+    from mmtrain.run import load_checkpoint
+
+    try:
+        ckpt = load_checkpoint(path, key="mmtrain.load")
+    except MMTrainError as err:
+        if not path.is_dir():
+            raise
+        reason = str(err).removeprefix("mmtrain.load: ")
+        raise MMTrainError(
+            f"mmtrain.load: {path} is not an mmtrain checkpoint or export (a folder without "
+            f"export.json, and not a checkpoint: {reason})"
+        ) from None
+    return Predictor._rebuilt(ckpt, str(path), device)
 
 
-__all__: Sequence[str] = ("Predictor", "load")
+__all__: Sequence[str] = ("Predictor", "load", "rebuild")

@@ -37,12 +37,44 @@ def run_packed(rnn: nn.RNNBase, emb: Tensor, mask: Tensor | None = None) -> Tens
     if mask is None:
         out, _ = rnn(emb)
         return out
+    if torch.compiler.is_exporting():  # mmtrain export: packing is data-dependent
+        return run_aligned(rnn, emb, mask)
     # Lengths go to the CPU for packing; empty texts get length 1 and stay masked out.
     lengths = mask.sum(dim=1).clamp_min(1).cpu()
     packed = pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False)
     out, _ = rnn(packed)
     out, _ = pad_packed_sequence(out, batch_first=True, total_length=emb.shape[1])  # (B, L, D)
     return out
+
+
+def run_aligned(rnn: nn.RNNBase, emb: Tensor, mask: Tensor) -> Tensor:
+    """What :func:`run_packed` computes, without packing, so that ``torch.export`` and ONNX
+    can trace it (``mmtrain export``): the forward direction runs over the rows as they are
+    (padding comes after the real tokens, so it never reaches their outputs), the backward
+    direction over the rows shifted so that their real tokens end the row (it starts on them).
+
+    Raises:
+        ValueError: for a bidirectional net of several layers (each layer would need both
+            directions of the one below, aligned apart).
+    """
+    if rnn.bidirectional and rnn.num_layers > 1:
+        raise ValueError(
+            f"a bidirectional {type(rnn).__name__} of {rnn.num_layers} layers is not traceable "
+            "with packed sequences; export a one-layer or unidirectional one"
+        )
+    length, positions = emb.shape[1], torch.arange(emb.shape[1], device=emb.device)
+    lengths = mask.sum(dim=1).clamp_min(1)  # (B,), empty texts: 1, as when packed
+    out = rnn(emb)[0]  # (B, L, D * directions)
+    if rnn.bidirectional:
+        hidden = out.shape[-1] // 2
+        ending = (positions[None, :] + lengths[:, None]) % length  # real tokens last: (B, L)
+        shifted = emb.gather(1, ending[..., None].expand(-1, -1, emb.shape[-1]))
+        back = rnn(shifted)[0][..., hidden:]
+        starting = (positions[None, :] - lengths[:, None]) % length  # and back: (B, L)
+        back = back.gather(1, starting[..., None].expand(-1, -1, hidden))
+        out = torch.cat([out[..., :hidden], back], dim=-1)
+    real = positions[None, :] < lengths[:, None]  # (B, L)
+    return out * real[..., None].to(out.dtype)
 
 
 class _RNNTextEncoder(FreezableEncoder):
