@@ -398,11 +398,20 @@ def _on_cpu(node: DictConfig) -> bool:
 
 
 def _check_hardware(node: DictConfig) -> None:
-    """Fail at once, in one line, when the trainer asks for a package that is not installed.
+    """Fail at once, in one line, when the trainer asks for a package that is not installed,
+    or for FSDP on CPU processes.
 
     Raises:
-        MMTrainError: naming the key, the package and how to install it.
+        MMTrainError: naming the key, the package and how to install it, or what to use.
     """
+    strategy = node.get("strategy")
+    target = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else str(strategy)
+    if (target == "fsdp" or target.endswith(("BlockFSDP", "FSDPStrategy"))) and _on_cpu(node):
+        raise MMTrainError(
+            f"trainer.strategy={target} runs on GPUs only (torch's FullyShardedDataParallel "
+            "needs an accelerator device); on CPU processes shard with trainer=fsdp2 "
+            "trainer.accelerator=cpu"
+        )
     for key, prefix, module, install in NEEDS:
         value = node.get(key)
         if isinstance(value, str) and value.startswith(prefix) and not find_spec(module):

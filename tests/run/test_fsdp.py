@@ -288,3 +288,12 @@ def test_fsdp2_builds_the_feature_cache_on_ranks_of_unequal_shares(session_dirs,
     assert len(stores["fsdp2"]) == len(stores["ddp"]) == 25
     for i in range(25):
         torch.testing.assert_close(stores["fsdp2"][i], stores["ddp"][i], atol=1e-3, rtol=1e-3)
+
+
+def test_fsdp_on_cpu_processes_is_one_line_naming_fsdp2(compose_config, tmp_path) -> None:
+    from mmtrain.build import build_trainer
+
+    cfg = compose_config("trainer=fsdp", "trainer.accelerator=cpu", output_dir=tmp_path)
+    with pytest.raises(MMTrainError, match=r"runs on GPUs only .* trainer=fsdp2") as caught:
+        build_trainer(cfg)
+    assert "\n" not in str(caught.value)
