@@ -230,6 +230,7 @@ def test_a_sharded_save_replaces_the_directory_whole_or_not_at_all(tmp_path) -> 
 
 
 # ---- more than the default model -----------------------------------------------------------------
+@pytest.mark.slow
 def test_fsdp2_trains_lora_next_to_a_frozen_lm_and_tests_from_its_shards(scratch, tiny_data):
     """experiment=shapes_llm with phase=lora: frozen LM weights and trainable adapters in the
     same sharded blocks, generation (validation, test) through the sharded LM, bf16-true."""
@@ -271,6 +272,7 @@ def test_fsdp2_activation_checkpointing_recomputes_the_same_steps(session_dirs, 
     assert rows[0] == rows[1]
 
 
+@pytest.mark.slow
 def test_fsdp2_builds_the_feature_cache_on_ranks_of_unequal_shares(session_dirs, tmp_path):
     """data.cache_features with a frozen tower: 25 samples over 2 ranks (13 and 12: a rank makes
     an extra, unused call of the sharded model as the other encodes its last batch). The cache

@@ -130,6 +130,8 @@ def _result(bench_gpu: ModuleType, compile_record: dict | None) -> dict[str, Any
     else:
         comp = bench_gpu.summarise(compile_record, 2)
         comp.update(device="NVIDIA H200", torch="2.x", first_step_s=90.0, log="compile.log")
+    fsdp = bench_gpu.summarise(_record(step=0.125), 2)  # FSDP on the one device: slower
+    fsdp.update(device="NVIDIA H200", torch="2.x", first_step_s=25.0, log="fsdp.log")
     result = {
         "config": {
             "batch_size": 128,
@@ -143,6 +145,7 @@ def _result(bench_gpu: ModuleType, compile_record: dict | None) -> dict[str, Any
         "torch": "2.x",
         "eager": eager,
         "compile": comp,
+        "fsdp": fsdp,
         "wall_s": 200.0,
         "out": "gpu.json",
     }
@@ -161,9 +164,12 @@ def test_finish_reuses_the_eager_flops_and_prints(capsys: pytest.CaptureFixture[
     assert eager["mfu_excluding_data_wait"] == pytest.approx(100e9 * 1600 / 989e12)
     assert result["compile_speedup"] == pytest.approx(0.1 / 0.08)
     assert result["compile_speedup_excluding_data_wait"] == pytest.approx(0.08 / 0.06)
+    assert result["fsdp"]["flops_per_step"] == eager["flops_per_step"]
+    assert result["fsdp_speed_ratio"] == pytest.approx(0.1 / 0.125)
     bench_gpu.print_table(result)
     out = capsys.readouterr().out
     assert "NVIDIA H200" in out and "compile speed-up 1.25x" in out and "30.00" in out
+    assert "fsdp on one device against plain: 0.80x samples/s" in out
 
 
 def test_a_failed_compile_run_still_reports_eager(capsys: pytest.CaptureFixture[str]) -> None:
