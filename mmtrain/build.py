@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import logging
 import sys
+from contextlib import nullcontext
 from importlib.util import find_spec
 from typing import Any
 
@@ -252,27 +253,81 @@ def _pretrained_logits(encoders: dict[str, Any], params: Any) -> dict[str, float
     the head takes it."""
     wired = {}
     for name in ("logit_scale", "logit_bias"):
-        values = {
-            float(getattr(e, name)) for e in encoders.values() if getattr(e, name, None) is not None
-        }
+        found = [getattr(e, name, None) for e in encoders.values()]
+        # on the meta device (an empty build) there is no value: rank 0's comes later
+        values = {float(v) for v in found if v is not None and not getattr(v, "is_meta", False)}
         if name in params and len(values) == 1:
             wired[name] = values.pop()
     return wired
 
 
+def _without_weights(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with every pretrained part set to build its architecture only
+    (``pretrained`` = the part's ``NO_WEIGHTS``)."""
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        nodes = [*(cfg.get("encoder") or {}).values(), *(cfg.get("head") or {}).values()]
+        for node in [*nodes, cfg.get("fusion")]:
+            if node is None or "_target_" not in node:
+                continue
+            part = get_object(node._target_)
+            if node.get("model_name_or_path") and hasattr(part, "NO_WEIGHTS"):
+                node.pretrained = part.NO_WEIGHTS
+    return cfg
+
+
 def build_module(
-    cfg: DictConfig, facts: dict[str, Any], config_yaml: str | None = None
+    cfg: DictConfig, facts: dict[str, Any], config_yaml: str | None = None, empty: bool = False
 ) -> MultimodalModule:
     """Encoders -> fusion -> heads -> loss weighting, wired from ``facts`` (data module).
+
+    Args:
+        cfg: the composed config.
+        facts: what the data knows (vocabularies, classes...).
+        config_yaml: the config stored in checkpoints.
+        empty: build the parts on the meta device, their architecture only (no weights read):
+            ``trainer=fsdp2`` with ``load_on_rank0`` on the ranks other than 0, which receive
+            their shards from rank 0 (:func:`mmtrain.strategies.spread_from_rank0`).
 
     Raises:
         MMTrainError: if the config has no encoder or no head, or a part rejects its arguments.
     """
-    extra = _allowed(cfg)
     if not cfg.get("encoder"):
         raise MMTrainError("no encoder configured: add one, e.g. encoder/image=cnn")
     if not cfg.get("head"):
         raise MMTrainError("no head configured: add one, e.g. head/label=classification")
+    if not empty:
+        return _finish_module(_build_module(cfg, facts, config_yaml, nullcontext()), cfg)
+    import torch
+
+    parts = _build_module(_without_weights(cfg), facts, config_yaml, torch.device("meta"))
+    log.info("model built on the meta device, without weights: rank 0's arrive once sharded")
+    return _finish_module(parts, cfg)  # the bases of the config as given: as on rank 0
+
+
+def _build_module(
+    cfg: DictConfig, facts: dict[str, Any], config_yaml: str | None, where: Any
+) -> MultimodalModule:
+    """The module; its parts built inside ``where`` (a device context)."""
+    with where:
+        parts = _build_parts(cfg, facts)
+    extra = _allowed(cfg)
+    optimizer = safe_instantiate(cfg.optimizer, "optimizer", extra)
+    scheduler = (
+        safe_instantiate(cfg.scheduler, "scheduler", extra) if cfg.get("scheduler") else None
+    )
+    # The module's own options (modality dropout...) come from the `model` node when present.
+    module = safe_instantiate(cfg.model, "model", extra) if cfg.get("model") else MultimodalModule
+    try:
+        model = module(*parts, optimizer, scheduler, config_yaml)
+    except ValueError as err:  # the module's own options, e.g. model.modality_dropout
+        raise MMTrainError(f"model: {err}") from None
+    return model
+
+
+def _build_parts(cfg: DictConfig, facts: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
+    """``(encoders, fusion, heads, loss weighting)``."""
+    extra = _allowed(cfg)
     model_dir = (cfg.get("paths") or {}).get("model_dir")  # searched first for model ids
     encoders = {
         m: safe_instantiate(
@@ -313,17 +368,7 @@ def build_module(
         heads[task] = follows(head, Head, f"head.{task}")
     weighting = safe_instantiate(cfg.loss_weighting, "loss_weighting", extra, names=list(heads))
     follows(weighting, LossWeighting, "loss_weighting")
-    optimizer = safe_instantiate(cfg.optimizer, "optimizer", extra)
-    scheduler = (
-        safe_instantiate(cfg.scheduler, "scheduler", extra) if cfg.get("scheduler") else None
-    )
-    # The module's own options (modality dropout...) come from the `model` node when present.
-    module = safe_instantiate(cfg.model, "model", extra) if cfg.get("model") else MultimodalModule
-    try:
-        model = module(encoders, fusion, heads, weighting, optimizer, scheduler, config_yaml)
-    except ValueError as err:  # the module's own options, e.g. model.modality_dropout
-        raise MMTrainError(f"model: {err}") from None
-    return _finish_module(model, cfg)
+    return encoders, fusion, heads, weighting
 
 
 def _bases(cfg: DictConfig) -> dict[str, dict[str, Any]]:

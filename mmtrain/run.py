@@ -499,7 +499,11 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
         datamodule.load_state_dict({"inputs": loaded})
     datamodule.prepare_data()
     datamodule.setup(stage)
-    model = build_module(cfg, datamodule.facts(), config_yaml)
+    trainer = build_trainer(cfg)
+    # trainer=fsdp2 with load_on_rank0: the other ranks build on the meta device and receive
+    # their shards of rank 0's weights once the model is sharded (so they read none here)
+    empty = getattr(trainer.strategy, "builds_empty", lambda: False)()
+    model = build_module(cfg, datamodule.facts(), config_yaml, empty=empty)
     if stage == "predict":  # predict reads no targets: a generating head needs its own prompt
         for task, head in model.heads.items():
             if "prompt" in getattr(head, "batch_keys", ()) and head.prompt is None:
@@ -507,13 +511,12 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
                     f"head.{task}: its prompt comes from each sample ({task}'s target), and "
                     f'predict reads none: give one, prompt="..."'
                 )
-    if ckpt is not None:  # resuming too: a clear error before Lightning's traceback
+    if ckpt is not None and not empty:  # resuming too: a clear error before Lightning's
         load_weights(model, ckpt, str(ckpt_path))
-    if init is not None:
+    if init is not None and not empty:
         bases = init[CHECKPOINT_KEY].get("base") or {}
         count = init_from_checkpoint(model, init["state_dict"], init_parts, cfg.init_from, bases)
         log.info("init_from: %d tensors of %s from %s", count, ", ".join(init_parts), cfg.init_from)
-    trainer = build_trainer(cfg)
     if stage == "fit" and ckpt is not None and is_sharded(ckpt_path) and not sharding(trainer):
         raise MMTrainError(
             f"ckpt_path: {ckpt_path} is a sharded checkpoint (a directory): resume it with a "

@@ -276,6 +276,10 @@ class ShardedDataParallel(AtomicShardedSave, ModelParallelStrategy):
         activation_checkpointing: recompute each block's activations in the backward pass.
         reshard_after_forward: free each block's gathered parameters after its forward (less
             memory; False gathers them once more for the backward).
+        load_on_rank0: only rank 0 builds the model with its weights (pretrained parts,
+            ``init_from``); the other ranks build it on the meta device, without weights, and
+            receive their shards from rank 0 once it is sharded (:func:`spread_from_rank0`).
+            One copy of the weights in host memory instead of one a process.
         save_distributed_checkpoint: checkpoints as directories of shards (each rank writes its
             own); False gathers a single file on rank 0.
         process_group_backend: ``gloo`` on CPU processes, ``nccl`` on GPUs when null.
@@ -288,6 +292,7 @@ class ShardedDataParallel(AtomicShardedSave, ModelParallelStrategy):
         reshard_after_forward: bool = True,
         save_distributed_checkpoint: bool = True,
         process_group_backend: str | None = None,
+        load_on_rank0: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -300,6 +305,13 @@ class ShardedDataParallel(AtomicShardedSave, ModelParallelStrategy):
         self.activation_checkpointing = activation_checkpointing
         self.reshard_after_forward = reshard_after_forward
         self.sharded = save_distributed_checkpoint
+        self.load_on_rank0 = load_on_rank0
+
+    def builds_empty(self) -> bool:
+        """Whether this process builds the model without weights, on the meta device
+        (``load_on_rank0`` on a rank other than 0); asked before the processes start."""
+        self.set_world_ranks()  # from the environment: the launcher's, torchrun's, SLURM's
+        return self.load_on_rank0 and self.global_rank != 0
 
     def setup_environment(self) -> None:
         if self._data_parallel_size == "auto":  # every process of every node shards the data
@@ -310,12 +322,17 @@ class ShardedDataParallel(AtomicShardedSave, ModelParallelStrategy):
         assert self.model is not None
         # bf16-true: the weights in bf16 before they are sharded (each rank converts its own)
         self.model = self.precision_plugin.convert_module(self.model)
+        # load_on_rank0: rank 0's weights, whole until every rank has its shard
+        whole = self.model.state_dict() if self.load_on_rank0 and self.global_rank == 0 else {}
         shard_model(
             self.model,
             self.device_mesh["data_parallel"],
             self.activation_checkpointing,
             self.reshard_after_forward,
         )
+        if self.load_on_rank0:
+            spread_from_rank0(self.model, whole, self.root_device)
+            del whole
         super().setup(trainer)
 
     # The model itself is sharded (its own weights: embeddings, heads' layers outside blocks):
@@ -364,6 +381,22 @@ def shard_model(
         ", activations checkpointed" if activation_checkpointing else "",
     )
     return len(blocks)
+
+
+def spread_from_rank0(model: nn.Module, whole: dict[str, Any], device: torch.device) -> None:
+    """Give every rank its shard of rank 0's weights: the ranks that built ``model`` on the
+    meta device allocate their shards (``to_empty``), rank 0 broadcasts ``whole`` (its state
+    dict from before sharding; empty on the other ranks) shard by shard, then every buffer
+    (non-persistent ones too: rotary frequencies, position ids)."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    if any(t.device.type == "meta" for t in [*model.parameters(), *model.buffers()]):
+        model.to_empty(device=device)
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, whole, options=options)
+    for buffer in model.buffers():
+        dist.broadcast(buffer.data, src=0)
 
 
 class BlockFSDP(AtomicShardedSave, FSDPStrategy):

@@ -49,12 +49,17 @@ def runs(tmp_path_factory, session_dirs, tiny_data) -> dict[str, Path]:
         code, stdout, err = fit(run, session_dirs["data"], *trainer, *MEMORY,
                                 f"+callbacks.memory.record={run}")  # fmt: skip
         assert code == 0, explain_exit(code, stdout, err)
+        (run.parent / f"{name}.log").write_text(stdout + err)
     return out
 
 
 def test_fsdp2_trains_as_ddp_does_on_half_the_memory_per_rank(runs) -> None:
     """Same samples and losses at every step on every rank as DDP; each rank holds about half
     of DDP's parameter and optimizer bytes (one of two shards)."""
+    # load_on_rank0 (the preset's default): rank 1 built the model empty, rank 0's weights
+    # reached it once sharded, and it trained exactly as DDP's rank 1 did
+    log = (runs["fsdp2"].parent / "fsdp2.log").read_text()
+    assert log.count("model built on the meta device") == 1
     fsdp2, ddp = _rows(runs["fsdp2"]), _rows(runs["ddp"])
     assert [r[:2] for r in fsdp2] == [r[:2] for r in ddp]
     assert len(fsdp2) == 2 * 3 * 3  # 2 ranks, 3 epochs of 3 steps
@@ -299,3 +304,28 @@ def test_fsdp_on_cpu_processes_is_one_line_naming_fsdp2(compose_config, tmp_path
     with pytest.raises(MMTrainError, match=r"runs on GPUs only .* trainer=fsdp2") as caught:
         build_trainer(cfg)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.slow
+def test_fsdp2_pretrained_weights_reach_every_rank_from_rank0(model_store_folder, tmp_path):
+    """experiment=coco_caption_llm (the model store's CLIP tower and LM, LoRA): with
+    load_on_rank0, rank 1 reads no weights and trains exactly as when every rank reads them."""
+    from conftest import QUIET
+    from helpers.coco import write_coco
+    from helpers.resume import popen_fit
+
+    write_coco(tmp_path / "coco")
+    common = ["experiment=coco_caption_llm", f"data.root={tmp_path / 'coco'}",
+              "data.batch_size=2", f"paths.model_dir={model_store_folder}", "peft.r=2",
+              "trainer.max_epochs=1", "trainer.limit_train_batches=3",
+              "trainer.limit_val_batches=1", "data.cache_features=false", *FSDP2, *QUIET,
+              "+callbacks.probe._target_=resume_probe.ResumeProbe",
+              "allowed_targets=[resume_probe.]"]  # fmt: skip
+    for name, extra in (("rank0", []), ("every", ["trainer.strategy.load_on_rank0=false"])):
+        run = tmp_path / name
+        proc = popen_fit([*common, *extra, f"+callbacks.probe.record={run}.jsonl",
+                          f"hydra.run.dir={run}"], tmp_path)  # fmt: skip
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, explain_exit(proc.returncode, out, err)
+        assert ("model built on the meta device" in out + err) == (name == "rank0")
+    assert _rows(tmp_path / "rank0") == _rows(tmp_path / "every")
