@@ -255,3 +255,17 @@ def chat_batch(
         f"{task}_prompt_mask": torch.tensor([left([True] * len(p), False) for p in prompts]),
         f"{task}_references": [[answer] for _, answer, _ in samples],
     }
+
+
+# shapes_llm's random LM shrunk (head.caption.config): grouped-query attention, so k/v are
+# narrower than q/o; tied embeddings
+SMALL_LM = {
+    "model_type": "llama",
+    "hidden_size": 32,
+    "intermediate_size": 48,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 128,
+    "tie_word_embeddings": True,
+}

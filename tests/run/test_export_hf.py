@@ -24,6 +24,7 @@ import torch
 from conftest import QUIET, TINY_DATA, compose_cfg, fresh_synth_facts
 from helpers.coco import write_coco
 from helpers.tiny_hf import tiny_siglip
+from helpers.tiny_lm import SMALL_LM
 from safetensors import safe_open
 
 from mmtrain.contracts import CHECKPOINT_KEY, FEATURE_TOKEN
@@ -319,16 +320,6 @@ def test_a_wrong_conversion_is_caught_by_the_export_s_own_check(coco, tmp_path, 
 
 
 # ---- the mmtrain layout -------------------------------------------------------------------------
-SMALL_LM = {  # shapes_llm's random LM, tied embeddings
-    "model_type": "llama",
-    "hidden_size": 32,
-    "intermediate_size": 48,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 128,
-    "tie_word_embeddings": True,
-}
 MMTRAIN_VARIANTS = {  # name -> (overrides, what why_not_llava names)
     "linear_projector": (["head.caption.projector=linear"], "projector is not mlp2x_gelu"),
     "cnn_perceiver_random_lm": (  # a trained word-level tokenizer; a fusion with weights

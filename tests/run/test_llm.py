@@ -30,6 +30,7 @@ from conftest import QUIET, TINY_DATA, compose_cfg
 from helpers.cli import explain_run, mmtrain, run_dirs
 from helpers.coco import write_coco
 from helpers.llava import write_llava
+from helpers.tiny_lm import SMALL_LM
 from PIL import Image
 
 import mmtrain.run as run_module
@@ -45,16 +46,6 @@ CLIP_ID = "openai/clip-vit-base-patch16"
 CPU = ["trainer.accelerator=cpu", "data.num_workers=0"]
 
 # ---- experiment=shapes_llm with a small random LM ---------------------------------------------
-SMALL_LM = {  # head.caption.config: grouped-query attention, so k/v are narrower than q/o
-    "model_type": "llama",
-    "hidden_size": 32,
-    "intermediate_size": 48,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 128,
-    "tie_word_embeddings": True,
-}
 LORA_R = 4
 SHAPES_LLM = [
     "experiment=shapes_llm",
