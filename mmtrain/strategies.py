@@ -98,6 +98,13 @@ def through_call(module: nn.Module, function: Any, *args: Any, **kwargs: Any) ->
         _restore_forward(module, original)
 
 
+def _restore_forward(module: nn.Module, original: Any) -> None:
+    if original is not None:
+        module.forward = original  # type: ignore[method-assign]
+    else:
+        module.__dict__.pop("forward", None)
+
+
 def sharding(trainer: pl.Trainer) -> bool:
     """Whether ``trainer`` shards the model (FSDP or fsdp2), and so reads sharded checkpoints."""
     return isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy))
@@ -107,13 +114,6 @@ def gathers_in_calls(strategy: Any) -> bool:
     """Whether calling the model is collective under ``strategy`` (``trainer=fsdp2``: every
     rank must call it, each gathering the others' shards)."""
     return isinstance(strategy, ShardedDataParallel)
-
-
-def _restore_forward(module: nn.Module, original: Any) -> None:
-    if original is not None:
-        module.forward = original  # type: ignore[method-assign]
-    else:
-        module.__dict__.pop("forward", None)
 
 
 # ---- sharded checkpoints ------------------------------------------------------------------------
@@ -135,8 +135,12 @@ class _IndexUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
-        if module.startswith(self.ALLOWED) or (module, name) in self.NAMES or dtype:
+        if (module, name) in self.NAMES or dtype:
             return super().find_class(module, name)
+        if module.startswith(self.ALLOWED):
+            found = super().find_class(module, name)
+            if isinstance(found, type):  # the index's classes, not the module's functions
+                return found
         raise pickle.UnpicklingError(f"{module}.{name} is not part of a checkpoint index")
 
 
