@@ -69,7 +69,9 @@ def _load_failure(err: Exception) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def load_checkpoint(path: str | Path, mmap: bool = False, key: str = "ckpt_path") -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, mmap: bool = False, key: str = "ckpt_path", weights: bool = True
+) -> dict[str, Any]:
     """Load a checkpoint safely (``weights_only=True``) and check it is one of ours.
 
     Args:
@@ -77,13 +79,15 @@ def load_checkpoint(path: str | Path, mmap: bool = False, key: str = "ckpt_path"
             whole into the same dictionary (:func:`mmtrain.strategies.read_sharded`).
         mmap: map the file instead of reading it (a cheap check before the real load).
         key: the config key that named the file, for the messages.
+        weights: false: a sharded directory's weights are not read (its files are checked;
+            ``state_dict`` is empty); a file is read as usual.
 
     Raises:
         MMTrainError: if the file is missing, unreadable, or carries no mmtrain config.
     """
     path = Path(path)
     if is_sharded(path):  # trainer=fsdp|fsdp2: a directory of shards, read whole
-        ckpt = read_sharded(path, key)
+        ckpt = read_sharded(path, key, weights=weights and not mmap)
     elif not path.is_file():
         raise MMTrainError(f"{key}: checkpoint not found: {path}")
     else:
@@ -458,7 +462,9 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
         ckpt_path = requeued_checkpoint(cfg.paths.output_dir)
         if ckpt_path is not None:
             log.warning("requeued SLURM job: resuming from %s", ckpt_path)
-    ckpt = load_checkpoint(ckpt_path) if ckpt_path else None
+    # a sharded resume: the strategy reads each rank's shards itself, so only the rest is read
+    sharded_resume = stage == "fit" and bool(ckpt_path) and is_sharded(ckpt_path)
+    ckpt = load_checkpoint(ckpt_path, weights=not sharded_resume) if ckpt_path else None
     if stage != "fit" and ckpt is None:
         raise MMTrainError(f"mmtrain {stage} needs ckpt_path=<file> (a checkpoint of mmtrain fit)")
     cfg = task_targets(cfg)  # a causal-LM head's task gets its ChatTarget
@@ -511,13 +517,13 @@ def run(stage: str, cfg: DictConfig) -> dict[str, float]:
                     f"head.{task}: its prompt comes from each sample ({task}'s target), and "
                     f'predict reads none: give one, prompt="..."'
                 )
-    if ckpt is not None and not empty:  # resuming too: a clear error before Lightning's
-        load_weights(model, ckpt, str(ckpt_path))
+    if ckpt is not None and not empty and not sharded_resume:  # resuming too: a clear
+        load_weights(model, ckpt, str(ckpt_path))  # error before Lightning's traceback
     if init is not None and not empty:
         bases = init[CHECKPOINT_KEY].get("base") or {}
         count = init_from_checkpoint(model, init["state_dict"], init_parts, cfg.init_from, bases)
         log.info("init_from: %d tensors of %s from %s", count, ", ".join(init_parts), cfg.init_from)
-    if stage == "fit" and ckpt is not None and is_sharded(ckpt_path) and not sharding(trainer):
+    if sharded_resume and not sharding(trainer):
         raise MMTrainError(
             f"ckpt_path: {ckpt_path} is a sharded checkpoint (a directory): resume it with a "
             "sharded trainer (trainer=fsdp2 or trainer=fsdp), or make it one file first: "

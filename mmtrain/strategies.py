@@ -150,6 +150,25 @@ def is_sharded(path: str | Path) -> bool:
     return path.is_dir() and ((path / INDEX_FILE).is_file() or (path / META_FILE).is_file())
 
 
+def _read_index(path: Path, key: str = "ckpt_path") -> Any:
+    """The ``.metadata`` index of a sharded checkpoint, read with :class:`_IndexUnpickler`."""
+    try:
+        with open(path / INDEX_FILE, "rb") as file:
+            return _IndexUnpickler(file).load()
+    except Exception as err:  # refused class, truncated file
+        raise MMTrainError(f"{key}: cannot read {path / INDEX_FILE}: {err}") from None
+
+
+def stored_weights(path: Path) -> set[str]:
+    """The model weights a sharded checkpoint holds (a trimmed one lacks its frozen bases)."""
+    prefixes = ("state_dict.", "model.")  # fsdp2's and fsdp's
+    return {
+        name.split(".", 1)[1]
+        for name in _read_index(path).state_dict_metadata
+        if name.startswith(prefixes)
+    }
+
+
 def shard_files(path: Path, key: str = "ckpt_path") -> list[str]:
     """The files that ``path``'s index names (one or more per rank), checked present.
 
@@ -162,12 +181,8 @@ def shard_files(path: Path, key: str = "ckpt_path") -> list[str]:
             raise MMTrainError(
                 f"{key}: {path} is not a complete sharded checkpoint: {name} is missing"
             )
-    try:
-        with open(path / INDEX_FILE, "rb") as file:
-            index = _IndexUnpickler(file).load()
-        files = sorted({info.relative_path for info in index.storage_data.values()})
-    except Exception as err:  # refused class, truncated file
-        raise MMTrainError(f"{key}: cannot read {path / INDEX_FILE}: {err}") from None
+    index = _read_index(path, key)
+    files = sorted({info.relative_path for info in index.storage_data.values()})
     missing = [f for f in files if not (path / f).is_file()]
     if missing:
         raise MMTrainError(
@@ -192,10 +207,12 @@ def _optimizer_by_index(state: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def read_sharded(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
+def read_sharded(path: str | Path, key: str = "ckpt_path", weights: bool = True) -> dict[str, Any]:
     """A sharded checkpoint directory as the dictionary of a single-file checkpoint: full
     weights in ``state_dict``, ``optimizer_states`` keyed by position, and ``meta.pt``'s
-    entries (step, loops, callbacks, mmtrain's config). Everything is read into CPU memory.
+    entries (step, loops, callbacks, mmtrain's config). Everything is read into CPU memory;
+    with ``weights`` false only ``meta.pt`` (``state_dict`` empty): a sharded resume, whose
+    shards the strategy reads each into its own rank.
 
     Raises:
         MMTrainError: when a file is missing or unreadable (naming it).
@@ -208,6 +225,8 @@ def read_sharded(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
     shard_files(path, key)
     try:
         extra = torch.load(path / META_FILE, map_location="cpu", weights_only=True)
+        if not weights:
+            return {**extra, "state_dict": {}}
         state: dict[str, Any] = {}
         _load_state_dict(
             state,
@@ -338,6 +357,35 @@ class ShardedDataParallel(AtomicShardedSave, ModelParallelStrategy):
             spread_from_rank0(self.model, whole, self.root_device)
             del whole
         super().setup(trainer)
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> Any:
+        """Lightning's load; for a trimmed sharded checkpoint (``model.save_frozen=false``:
+        the frozen bases left out), the weights it holds, the bases staying as built."""
+        from lightning_fabric.strategies.fsdp import _distributed_checkpoint_load
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        path = Path(self.broadcast(checkpoint_path))
+        if not is_sharded(path):
+            return super().load_checkpoint(checkpoint_path, weights_only)
+        own = get_model_state_dict(self.model)
+        stored = stored_weights(path)
+        if set(own) <= stored:
+            return super().load_checkpoint(checkpoint_path, weights_only)
+        module_state = {"state_dict": {k: v for k, v in own.items() if k in stored}}
+        _distributed_checkpoint_load(module_state, path)
+        self.model.load_state_dict(module_state["state_dict"], strict=False)
+        options = StateDictOptions(cpu_offload=True)
+        for i, optimizer in enumerate(self.optimizers):  # what trains: all of it stored
+            key = f"optimizer_{i}"
+            state = {key: get_optimizer_state_dict(self.model, optimizer)}
+            _distributed_checkpoint_load(state, path)
+            set_optimizer_state_dict(self.model, optimizer, state[key], options=options)
+        return torch.load(path / META_FILE, map_location="cpu", weights_only=True)
 
     # The model itself is sharded (its own weights: embeddings, heads' layers outside blocks):
     # its steps go through its __call__, so that fully_shard gathers those weights first.

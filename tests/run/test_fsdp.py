@@ -309,7 +309,8 @@ def test_fsdp_on_cpu_processes_is_one_line_naming_fsdp2(compose_config, tmp_path
 @pytest.mark.slow
 def test_fsdp2_pretrained_weights_reach_every_rank_from_rank0(model_store_folder, tmp_path):
     """experiment=coco_caption_llm (the model store's CLIP tower and LM, LoRA): with
-    load_on_rank0, rank 1 reads no weights and trains exactly as when every rank reads them."""
+    load_on_rank0, rank 1 reads no weights and trains exactly as when every rank reads them;
+    resumed from its trimmed sharded checkpoint, the run continues exactly."""
     from conftest import QUIET
     from helpers.coco import write_coco
     from helpers.resume import popen_fit
@@ -317,15 +318,24 @@ def test_fsdp2_pretrained_weights_reach_every_rank_from_rank0(model_store_folder
     write_coco(tmp_path / "coco")
     common = ["experiment=coco_caption_llm", f"data.root={tmp_path / 'coco'}",
               "data.batch_size=2", f"paths.model_dir={model_store_folder}", "peft.r=2",
-              "trainer.max_epochs=1", "trainer.limit_train_batches=3",
-              "trainer.limit_val_batches=1", "data.cache_features=false", *FSDP2, *QUIET,
+              "trainer.max_epochs=2", "trainer.limit_train_batches=3",
+              "trainer.limit_val_batches=1",
+              "data.cache_features=false", *FSDP2, *QUIET,
               "+callbacks.probe._target_=resume_probe.ResumeProbe",
               "allowed_targets=[resume_probe.]"]  # fmt: skip
-    for name, extra in (("rank0", []), ("every", ["trainer.strategy.load_on_rank0=false"])):
+    last = tmp_path / "resumed" / "checkpoints" / "last.ckpt"
+    runs = (("rank0", [], 0), ("every", ["trainer.strategy.load_on_rank0=false"], 0),
+            ("resumed", ["+callbacks.probe.signal_at=[4]"], 128 + signal.SIGTERM),  # stopped
+            ("resumed", [f"ckpt_path={last}"], 0))  # fmt: skip
+    for name, extra, exit_code in runs:
         run = tmp_path / name
         proc = popen_fit([*common, *extra, f"+callbacks.probe.record={run}.jsonl",
                           f"hydra.run.dir={run}"], tmp_path)  # fmt: skip
         out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, explain_exit(proc.returncode, out, err)
-        assert ("model built on the meta device" in out + err) == (name == "rank0")
+        assert proc.returncode == exit_code, explain_exit(proc.returncode, out, err)
+        assert ("model built on the meta device" in out + err) == (name != "every")
     assert _rows(tmp_path / "rank0") == _rows(tmp_path / "every")
+    # phase=lora trims the frozen tower and LM out of the checkpoint: the resume loads the
+    # rest into the shards and continues exactly
+    assert "base" in load_checkpoint(last)["mmtrain"]
+    assert _rows(tmp_path / "resumed") == _rows(tmp_path / "rank0")
