@@ -113,15 +113,28 @@ def test_a_sharded_checkpoint_reads_whole_and_tests(runs, scratch) -> None:
     assert proc.returncode == 0, explain_run(proc)
 
 
-def test_a_sharded_checkpoint_missing_a_rank_is_one_error(runs, tmp_path, scratch) -> None:
-    from helpers.cli import explain_run, mmtrain
-
+def _without_rank1(runs: dict[str, Path], tmp_path: Path) -> Path:
     broken = tmp_path / "last.ckpt"
     shutil.copytree(runs["fsdp2"] / "checkpoints" / "last.ckpt", broken)
     (broken / "__1_0.distcp").unlink()
+    return broken
+
+
+def test_a_sharded_checkpoint_missing_a_rank_is_one_error(runs, tmp_path) -> None:
+    broken = _without_rank1(runs, tmp_path)
     before = sorted(p.name for p in broken.iterdir())
-    with pytest.raises(MMTrainError, match=r"missing 1 of its 2 shard files \(__1_0.distcp\)"):
-        load_checkpoint(broken)
+    for weights in (True, False):  # read whole, or its meta.pt only (a sharded resume)
+        with pytest.raises(MMTrainError, match=r"missing 1 of its 2 shard files \(__1_0.distcp\)"):
+            load_checkpoint(broken, weights=weights)
+    assert sorted(p.name for p in broken.iterdir()) == before
+
+
+@pytest.mark.slow
+def test_the_cli_refuses_a_missing_rank_and_a_directory_for_one_process(runs, tmp_path, scratch):
+    from helpers.cli import explain_run, mmtrain
+
+    broken = _without_rank1(runs, tmp_path)
+    before = sorted(p.name for p in broken.iterdir())
     proc = mmtrain(scratch, "fit", *FSDP2, f"ckpt_path={broken}")
     assert proc.returncode == 1, explain_run(proc)
     assert "__1_0.distcp" in proc.stderr and "Traceback" not in proc.stderr
